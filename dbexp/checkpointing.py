@@ -1,0 +1,103 @@
+"""Checkpoints: atomic, weights-only writes and reads; ``ckpt_path=last`` finds the run to resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from dbexp.errors import UserInputError
+
+#: Config keys that do not change what training computes: a run that differs only there is
+#: "the same setting" for ``ckpt_path=last`` (``trainer.max_steps`` lets a resume train longer).
+NOT_PART_OF_SETTING = ("ckpt_path", "paths", "logger", "callbacks", "eval", "optimized_metric", "trainer.max_steps")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file, fsyncs and renames, so a kill while saving leaves the old file whole;
+    reads with ``weights_only=True``, so loading a checkpoint never unpickles arbitrary objects."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(staging, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(staging, path)
+            _fsync_dir(path.parent)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` every N steps that also saves when training ends between two of them."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+
+def setting_fingerprint(cfg: DictConfig | dict) -> str:
+    """A hash of the config keys that shape training (unresolved, so run folders do not matter)."""
+    container = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else dict(cfg)
+    container.pop("hydra", None)
+    for dotted in NOT_PART_OF_SETTING:
+        node = container
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            node = node.get(parent, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, runs_root: str | Path) -> str | None:
+    """``None``, an existing checkpoint file, or — for ``last`` — the newest run of this setting's last.ckpt."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path != "last":
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise UserInputError(f"ckpt_path={ckpt_path}: no such checkpoint file (or use ckpt_path=last)")
+        return str(path)
+    wanted = setting_fingerprint(cfg)
+    here = Path(cfg.paths.output_dir).resolve() if "output_dir" in cfg.get("paths", {}) else None
+    for run in sorted(Path(runs_root).glob("*/"), key=lambda p: p.name, reverse=True):
+        saved, last = run / ".hydra" / "config.yaml", run / "checkpoints" / "last.ckpt"
+        if run.resolve() == here or not (saved.is_file() and last.is_file()):
+            continue
+        if setting_fingerprint(OmegaConf.load(saved)) == wanted:
+            return str(last)
+    raise UserInputError(
+        f"ckpt_path=last: no earlier run of this setting with checkpoints/last.ckpt under {runs_root}; "
+        "run without ckpt_path, or give ckpt_path=<path to a .ckpt>"
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,38 @@
+"""What a user sees in the terminal: locations of outputs, and none of the libraries' routine chatter."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+#: Warnings every run triggers on purpose (frozen parts in eval mode, an endless stream, no val loop).
+EXPECTED_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*module\\(s\\) in eval mode at the start of training.*",
+    ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+    ".*`max_epochs` was not set.*",
+    ".*You defined a `validation_step` but have no `val_dataloader`.*",
+)
+#: Info lines that advertise rather than inform.
+ADVERTS = ("💡 Tip:",)
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(ADVERTS)
+
+
+def quiet_known_noise() -> None:
+    for pattern in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    # diffusers' pipelines import CLIP's image processor, whose default backend would need
+    # torchvision; dbexp never uses it (no safety checker), so the fallback notice is noise.
+    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+
+
+def announce(message: str) -> None:
+    """Print where outputs went (stdout, rank zero only: DDP workers would repeat it)."""
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(message, flush=True)

@@ -1,0 +1,152 @@
+"""The DreamBooth training task as a LightningModule (owner of the model group's training keys).
+
+The VAE is frozen (eval mode, no grad, never in the optimizer); the UNet is trained; the text
+encoder only with ``model.train_text_encoder``. Checkpoints hold the trained parts only: the
+frozen ones come back from the base model on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
+from dbexp.losses import dreambooth_loss
+from dbexp.model_loading import ModelConfig, ModelParts
+from dbexp.optimization import OptimizerConfig, build_lr_scheduler, build_optimizer
+
+
+class DreamBoothModule(L.LightningModule):
+    def __init__(
+        self,
+        parts: ModelParts,
+        model_cfg: ModelConfig,
+        optimizer_cfg: OptimizerConfig,
+        instance_prompt: str,
+        class_prompt: str | None,
+        prior_weight: float,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
+        self.tokenizer = parts.tokenizer
+        self.noise_scheduler, self.inference_scheduler = parts.noise_scheduler, parts.inference_scheduler
+        self.model_cfg, self.optimizer_cfg = model_cfg, optimizer_cfg
+        self.prior_weight, self.seed = prior_weight, seed
+        self.train_text_encoder = model_cfg.train_text_encoder
+        self.prediction_type = self.noise_scheduler.config.prediction_type
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(self.train_text_encoder)
+        if model_cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if self.train_text_encoder:
+                self.text_encoder.gradient_checkpointing_enable()
+        self.register_buffer("instance_ids", self._tokenize(instance_prompt), persistent=False)
+        class_ids = self._tokenize(class_prompt) if class_prompt is not None else torch.empty(0, dtype=torch.long)
+        self.register_buffer("class_ids", class_ids, persistent=False)
+        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
+        # Frozen weights are not in the checkpoint, so loading it is not strict about them.
+        self.strict_loading = False
+
+    @staticmethod
+    def metric_names(prior: bool) -> list[str]:
+        """What :meth:`training_step` logs (so ``optimized_metric`` can be checked before training)."""
+        names = ["train/loss", "train/loss_instance", "train/lr"]
+        return names + ["train/loss_prior"] if prior else names
+
+    # --- modes and trainable parameters ---------------------------------------------------------
+    def train(self, mode: bool = True) -> DreamBoothModule:
+        super().train(mode)
+        self.vae.eval()  # frozen parts never run in training mode
+        if not self.train_text_encoder:
+            self.text_encoder.eval()
+        return self
+
+    def trained_prefixes(self) -> tuple[str, ...]:
+        return ("unet.", "text_encoder.") if self.train_text_encoder else ("unet.",)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        te_params = [p for p in self.text_encoder.parameters() if p.requires_grad] if self.train_text_encoder else []
+        optimizer = build_optimizer(self.optimizer_cfg, list(self.unet.parameters()), te_params)
+        scheduler = build_lr_scheduler(self.optimizer_cfg, optimizer, max(1, self.trainer.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trained = self.trained_prefixes()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(trained)}
+
+    # --- the training step ----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pixels, ids, seeds = self._stack_batch(batch)
+        num_instance = batch["instance_pixels"].shape[0]
+        latents, noise, timesteps = self._diffusion_inputs(pixels, seeds)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            encoder_states = self.text_encoder(ids)[0]
+        prediction = self.unet(noisy, timesteps, encoder_states).sample
+        if self.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        loss = dreambooth_loss(
+            prediction,
+            target,
+            timesteps,
+            num_instance=num_instance,
+            prior_weight=self.prior_weight,
+            alphas_cumprod=self.alphas_cumprod,
+            min_snr_gamma=self.model_cfg.min_snr_gamma,
+            prediction_type=self.prediction_type,
+        )
+        self.log("train/loss", loss.total, prog_bar=True)
+        self.log("train/loss_instance", loss.instance)
+        if loss.prior is not None:
+            self.log("train/loss_prior", loss.prior)
+        for group in self.trainer.optimizers[0].param_groups if self._trainer else []:
+            name = "train/lr" if group.get("name") == "unet" else f"train/lr_{group.get('name')}"
+            self.log(name, group["lr"])
+        return loss.total
+
+    def _stack_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Instance samples first, then class samples; each with the seed of its stream position."""
+        n = batch["instance_pixels"].shape[0]
+        seeds = [sample_seed(self.seed, INSTANCE_STREAM, int(i), NOISE) for i in batch["instance_index"]]
+        pixels, ids = [batch["instance_pixels"]], [self.instance_ids.expand(n, -1)]
+        if "class_pixels" in batch and self.prior_weight > 0:
+            m = batch["class_pixels"].shape[0]
+            seeds += [sample_seed(self.seed, CLASS_STREAM, int(i), NOISE) for i in batch["class_index"]]
+            pixels.append(batch["class_pixels"])
+            ids.append(self.class_ids.expand(m, -1))
+        return torch.cat(pixels), torch.cat(ids), seeds
+
+    def _diffusion_inputs(
+        self, pixels: torch.Tensor, seeds: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents (a posterior sample), noise and timesteps — per sample from its own CPU generator,
+        so they depend on the sample's stream position only (not on device, batch or resume)."""
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        shape = posterior.mean.shape[1:]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        latent_eps = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        num_train_timesteps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
+        if self.model_cfg.noise_offset:
+            offset = torch.stack([torch.randn(shape[0], 1, 1, generator=g) for g in generators])
+            noise = noise + self.model_cfg.noise_offset * offset
+        device = pixels.device
+        latents = posterior.mean + posterior.std * latent_eps.to(device, posterior.mean.dtype)
+        latents = latents * self.vae.config.scaling_factor
+        return latents, noise.to(device, latents.dtype), timesteps.to(device)
+
+    def _tokenize(self, prompt: str) -> torch.Tensor:
+        return self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids

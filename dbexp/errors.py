@@ -1,0 +1,24 @@
+"""User-facing errors: one clear line and a non-zero exit instead of a traceback wall."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+#: Exit status of a run stopped by bad input (Hydra's own config errors exit with 1).
+USER_ERROR_EXIT = 2
+
+
+class UserInputError(Exception):
+    """Bad input the user can fix. The message names the file or config key and what to do."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a :class:`UserInputError` into ``dbexp: error: <message>`` on stderr and exit status 2."""
+    try:
+        yield
+    except UserInputError as err:
+        print(f"dbexp: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(USER_ERROR_EXIT) from None

@@ -1,0 +1,117 @@
+"""``python -m dbexp.generate pipeline=<dir> prompt="a sks dog on the beach"``: images from an exported model.
+
+Image i uses seed ``seed + i``; the images and a grid go into this command's own run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from dbexp.console import announce, quiet_known_noise
+from dbexp.errors import UserInputError, exit_on_user_error
+from dbexp.sampling import check_sampler, generate, make_grid, sampler
+
+log = logging.getLogger("dbexp.generate")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class GeneratePathsConfig:
+    root_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class GenerateConfig:
+    """Schema of ``conf/generate.yaml``."""
+
+    task_name: str = "generate"
+    pipeline: str = MISSING
+    prompt: str = MISSING
+    negative_prompt: str = ""
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 50
+    seed: int = 0
+    num_images: int = 4
+    batch_size: int = 4
+    resolution: int | None = None
+    scheduler: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    paths: GeneratePathsConfig = MISSING
+
+
+ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
+
+
+def load_pipeline(folder: str, device: str, dtype: str):
+    """An exported (or any diffusers) Stable Diffusion folder, on ``device`` in ``dtype``."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(folder).expanduser()
+    if not (path / "model_index.json").is_file():
+        raise UserInputError(
+            f"pipeline={folder}: not a diffusers pipeline folder (no model_index.json); "
+            "give <run dir>/pipeline of a finished dbexp.train run"
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise UserInputError(f"dtype={dtype}: use auto, {', '.join(DTYPES)}")
+    pipeline = StableDiffusionPipeline.from_pretrained(
+        path, torch_dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False, use_safetensors=True
+    )
+    return pipeline.to(device)
+
+
+def run(cfg: DictConfig) -> list[Path]:
+    if cfg.num_images < 1 or cfg.batch_size < 1 or cfg.num_inference_steps < 1:
+        raise UserInputError("num_images, batch_size and num_inference_steps must each be >= 1")
+    if cfg.resolution is not None and cfg.resolution % 8:
+        raise UserInputError(f"resolution={cfg.resolution}: must be a multiple of 8")
+    check_sampler(cfg.scheduler, "scheduler")
+    out = Path(cfg.paths.output_dir)
+    pipeline = load_pipeline(cfg.pipeline, cfg.device, cfg.dtype)
+    pipeline.scheduler = sampler(pipeline.scheduler, cfg.scheduler)
+    seeds = [cfg.seed + i for i in range(cfg.num_images)]
+    images = generate(
+        pipeline,
+        [cfg.prompt] * len(seeds),
+        seeds,
+        guidance_scale=cfg.guidance_scale,
+        num_inference_steps=cfg.num_inference_steps,
+        negative_prompt=cfg.negative_prompt,
+        resolution=cfg.resolution,
+        batch_size=cfg.batch_size,
+        progress="images",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, image in zip(seeds, images, strict=True):
+        paths.append(out / f"seed_{seed:04d}.png")
+        image.save(paths[-1])
+    make_grid(images, columns=min(4, len(images))).save(out / "grid.png")
+    announce(f"{len(paths)} images and grid.png written to {out}")
+    return paths
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    quiet_known_noise()
+    with exit_on_user_error():
+        run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

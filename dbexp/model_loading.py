@@ -1,0 +1,273 @@
+"""Owner of ``conf/model``: where the base model comes from and how its five parts are loaded.
+
+One function, :func:`load_components`, loads tokenizer, text encoder, VAE, UNet and noise
+scheduler from a hub id or a local diffusers folder. ``model=tiny`` builds a small
+SD-architecture model from its config (random weights), saves it once in diffusers layout
+under the cache root and then loads it through that same function, so tests exercise the
+path SD1.5 takes. ``model.init=random`` builds a full architecture in memory (benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dbexp.dreambench import prompt_vocabulary_text
+from dbexp.errors import UserInputError
+from dbexp.tokenizer import build_clip_tokenizer, words_of
+
+log = logging.getLogger(__name__)
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+INIT_MODES = ("pretrained", "random")
+#: Bumped whenever the way a built model is written changes, so stale cache entries are not reused.
+BUILD_FORMAT = 1
+
+
+@dataclass
+class ModelConfig:
+    """Schema of ``conf/model/*.yaml``."""
+
+    name: str = MISSING
+    pretrained: str | None = None
+    revision: str | None = None
+    variant: str | None = None
+    init: str = "pretrained"
+    resolution: int = 512
+    prediction_type: str | None = None
+    train_text_encoder: bool = False
+    gradient_checkpointing: bool = False
+    min_snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelParts:
+    """The pieces of a Stable Diffusion model that training and sampling need."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler  # training: forward process, targets, SNR
+    inference_scheduler: SchedulerMixin  # sampling and export: the base model's own sampler
+    source: str  # where the weights came from (hub id, folder, or "random")
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Config errors found before anything loads."""
+    if cfg.init not in INIT_MODES:
+        raise UserInputError(f"model.init={cfg.init}: use one of {', '.join(INIT_MODES)}")
+    if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:
+        raise UserInputError(
+            f"model.prediction_type={cfg.prediction_type}: use one of {', '.join(PREDICTION_TYPES)} "
+            "(or null for the scheduler's own)"
+        )
+    if cfg.pretrained is None or cfg.init == "random":
+        for part in ("unet", "vae", "text_encoder", "scheduler"):
+            if part not in cfg.architecture:
+                raise UserInputError(
+                    f"model.architecture.{part} is missing: a model built from config "
+                    "(model.pretrained=null or model.init=random) needs unet, vae, text_encoder and scheduler"
+                )
+    elif _looks_like_path(cfg.pretrained) and not Path(cfg.pretrained).expanduser().is_dir():
+        raise UserInputError(
+            f"model.pretrained={cfg.pretrained}: folder does not exist; give a diffusers folder or a hub id"
+        )
+    if cfg.min_snr_gamma is not None and cfg.min_snr_gamma <= 0:
+        raise UserInputError(f"model.min_snr_gamma={cfg.min_snr_gamma}: must be > 0 (or null to disable)")
+
+
+def load_model(cfg: ModelConfig, cache_dir: str | Path) -> ModelParts:
+    """The base model a run starts from, as ``conf/model`` describes it."""
+    architecture = _plain(cfg.architecture)
+    if cfg.pretrained is None:
+        folder = materialize_architecture(cfg.name, architecture, cache_dir)
+        parts = load_components(str(folder))
+    elif cfg.init == "random":
+        parts = build_components(architecture)
+        log.info("model: %s architecture with random weights (no download)", cfg.name)
+    else:
+        parts = load_components(cfg.pretrained, revision=cfg.revision, variant=cfg.variant)
+    if cfg.prediction_type is not None:
+        parts = with_prediction_type(parts, cfg.prediction_type)
+    return parts
+
+
+def load_components(pretrained: str, revision: str | None = None, variant: str | None = None) -> ModelParts:
+    """Load the five parts from a hub id (via the local HF cache when offline) or a diffusers folder."""
+    folder = _resolve_folder(pretrained, revision, variant)
+    weights = {"variant": variant, "use_safetensors": True}
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32, **weights)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, **weights)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32, **weights)
+    scheduler_config = DDPMScheduler.load_config(folder, subfolder="scheduler")
+    log.info("model: loaded %s", pretrained)
+    return ModelParts(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        noise_scheduler=DDPMScheduler.from_config(scheduler_config),
+        inference_scheduler=_scheduler_from_config(scheduler_config),
+        source=pretrained,
+    )
+
+
+def build_components(architecture: dict[str, Any]) -> ModelParts:
+    """An SD-architecture model with random weights (seeded, global RNG untouched) and a built tokenizer."""
+    arch = _plain(architecture)
+    text_config = CLIPTextConfig(**arch["text_encoder"])
+    words = words_of([prompt_vocabulary_text()]) + list(arch.get("tokenizer_words", []))
+    tokenizer = build_clip_tokenizer(words, model_max_length=text_config.max_position_embeddings)
+    if len(tokenizer) > text_config.vocab_size:
+        raise UserInputError(
+            f"model.architecture.text_encoder.vocab_size={text_config.vocab_size} is smaller than the "
+            f"built tokenizer ({len(tokenizer)} tokens); raise it"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(arch.get("seed", 0)))
+        unet = UNet2DConditionModel(**arch["unet"])
+        vae = AutoencoderKL(**arch["vae"])
+        text_encoder = CLIPTextModel(text_config)
+    inference_scheduler = _scheduler_from_config(arch["scheduler"])
+    return ModelParts(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=unet,
+        noise_scheduler=DDPMScheduler.from_config(inference_scheduler.config),
+        inference_scheduler=inference_scheduler,
+        source="random",
+    )
+
+
+def materialize_architecture(name: str, architecture: dict[str, Any], cache_dir: str | Path) -> Path:
+    """Build ``architecture`` once into ``<cache>/models/<name>-<hash>/`` (diffusers layout).
+
+    The folder appears atomically (built in a temporary folder, then renamed), so concurrent
+    runs either find a complete model or build their own copy and discard it.
+    """
+    spec = json.dumps({"format": BUILD_FORMAT, "architecture": architecture}, sort_keys=True, default=str)
+    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    folder = Path(cache_dir).expanduser() / "models" / f"{name}-{key}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        parts = build_components(architecture)
+        save_pipeline(parts, staging)
+        (staging / "dbexp_architecture.json").write_text(spec)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process finished first: its copy is identical
+            if not (folder / "model_index.json").is_file():
+                raise
+        log.info("model: built %s into %s", name, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def save_pipeline(parts: ModelParts, folder: str | Path) -> None:
+    """Write the parts as a ``StableDiffusionPipeline`` folder (safetensors, no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=parts.inference_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def with_prediction_type(parts: ModelParts, prediction_type: str) -> ModelParts:
+    """The same parts, both schedulers switched to ``prediction_type``."""
+    config = dict(parts.inference_scheduler.config)
+    config["prediction_type"] = prediction_type
+    parts.noise_scheduler = DDPMScheduler.from_config(config)
+    parts.inference_scheduler = type(parts.inference_scheduler).from_config(config)
+    return parts
+
+
+def _plain(node: Any) -> Any:
+    """Plain dicts and lists (diffusers writes configs with ``json``, which knows no OmegaConf nodes)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
+def _scheduler_from_config(config: dict[str, Any]) -> SchedulerMixin:
+    config = dict(config)
+    class_name = config.pop("class_name", None) or config.get("_class_name") or "DDPMScheduler"
+    scheduler_class = getattr(diffusers, class_name, None)
+    if scheduler_class is None or not issubclass(scheduler_class, SchedulerMixin):
+        raise UserInputError(f"scheduler class {class_name!r} is not a diffusers scheduler")
+    return scheduler_class.from_config(config)
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or os.sep in source.strip("/").replace("/", "", 1)
+
+
+def _resolve_folder(pretrained: str, revision: str | None, variant: str | None) -> str:
+    """A local diffusers folder for ``pretrained``: the folder itself, or the hub snapshot."""
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        missing = [p for p in ("tokenizer", "text_encoder", "vae", "unet", "scheduler") if not (path / p).is_dir()]
+        if missing:
+            raise UserInputError(
+                f"model.pretrained={pretrained}: not a diffusers Stable Diffusion folder "
+                f"(missing {', '.join(missing)}/); save one with StableDiffusionPipeline.save_pretrained"
+            )
+        return str(path)
+    if _looks_like_path(pretrained):
+        raise UserInputError(f"model.pretrained={pretrained}: folder does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        # One call for the whole model: found in the local HF cache when offline, else downloaded.
+        return snapshot_download(pretrained, revision=revision, allow_patterns=_hub_files(variant))
+    except (OSError, HfHubHTTPError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(
+            f"model.pretrained={pretrained}: could not get it from the Hugging Face hub or its local cache "
+            f"({reason}). Offline? Download it where there is network (`hf download {pretrained}`) and "
+            "set model.pretrained=/path/to/that/folder"
+        ) from None
+
+
+def _hub_files(variant: str | None) -> list[str]:
+    suffix = f".{variant}" if variant else ""
+    files = ["model_index.json", "tokenizer/*", "scheduler/*", "*/config.json"]
+    for part, stem in (
+        ("text_encoder", "model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("unet", "diffusion_pytorch_model"),
+    ):
+        files += [
+            f"{part}/{stem}{suffix}.safetensors",
+            f"{part}/{stem}.safetensors.index{suffix}.json",
+            f"{part}/{stem}{suffix}-*-of-*.safetensors",
+        ]
+    return files

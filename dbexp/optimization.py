@@ -1,0 +1,75 @@
+"""Owner of ``conf/optimizer``: optimizer with per-part learning rates, and the LR schedule.
+
+Used by ``DreamBoothModule.configure_optimizers``. Schedules come from diffusers
+(``get_scheduler``), stepped every optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.optimization import get_scheduler
+
+from dbexp.errors import UserInputError
+
+OPTIMIZERS = ("adamw", "sgd")
+#: Our names → diffusers' schedule names (each accepts a warm-up; "constant" with 0 warm-up is flat).
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+@dataclass
+class OptimizerConfig:
+    """Schema of ``conf/optimizer/*.yaml``."""
+
+    name: str = "adamw"
+    lr: float = 5e-6
+    text_encoder_lr: float | None = None
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+    momentum: float = 0.0
+    nesterov: bool = False
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+
+
+def check_optimizer_config(cfg: OptimizerConfig) -> None:
+    if cfg.name not in OPTIMIZERS:
+        raise UserInputError(f"optimizer.name={cfg.name}: use one of {', '.join(OPTIMIZERS)}")
+    if cfg.lr <= 0:
+        raise UserInputError(f"optimizer.lr={cfg.lr}: the learning rate must be > 0 (DreamBooth uses ~1e-6..5e-6)")
+    if cfg.text_encoder_lr is not None and cfg.text_encoder_lr <= 0:
+        raise UserInputError(f"optimizer.text_encoder_lr={cfg.text_encoder_lr}: must be > 0 (or null to use lr)")
+    if cfg.scheduler not in SCHEDULES:
+        raise UserInputError(f"optimizer.scheduler={cfg.scheduler}: use one of {', '.join(SCHEDULES)}")
+    if cfg.warmup_steps < 0:
+        raise UserInputError(f"optimizer.warmup_steps={cfg.warmup_steps}: must be >= 0")
+    if len(cfg.betas) != 2:
+        raise UserInputError(f"optimizer.betas={list(cfg.betas)}: give two values, e.g. [0.9, 0.999]")
+
+
+def build_optimizer(
+    cfg: OptimizerConfig, unet_params: list[torch.nn.Parameter], text_encoder_params: list[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """One optimizer, one parameter group per trained part (each with its own learning rate)."""
+    groups = [{"params": unet_params, "lr": cfg.lr, "name": "unet"}]
+    if text_encoder_params:
+        te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.lr
+        groups.append({"params": text_encoder_params, "lr": te_lr, "name": "text_encoder"})
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_lr_scheduler(
+    cfg: OptimizerConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    return get_scheduler(
+        SCHEDULES[cfg.scheduler],
+        optimizer=optimizer,
+        num_warmup_steps=cfg.warmup_steps,
+        num_training_steps=total_steps,
+    )

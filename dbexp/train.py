@@ -1,0 +1,187 @@
+"""``python -m dbexp.train``: compose → check → instantiate → fit → export → return the objective.
+
+Each step below is one call into the module that owns it; read this file as the table of
+contents of a DreamBooth run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from dbexp.class_images import PriorConfig, check_prior_config, class_prompt, generate_class_images
+from dbexp.console import announce, quiet_known_noise
+from dbexp.datamodule import (
+    DataConfig,
+    DreamBoothDataModule,
+    check_data_config,
+    instance_prompt,
+    load_subject_images,
+    resolve_subject,
+)
+from dbexp.dreambooth_module import DreamBoothModule
+from dbexp.errors import UserInputError, exit_on_user_error
+from dbexp.evaluation import EvalConfig, SampleGridCallback, check_eval_config, sample_prompts
+from dbexp.export import export_pipeline
+from dbexp.model_loading import ModelConfig, check_model_config, load_model
+from dbexp.optimization import OptimizerConfig, check_optimizer_config
+from dbexp.tracking import finalize_loggers, instantiate_loggers
+
+log = logging.getLogger("dbexp.train")
+
+
+@dataclass
+class PathsConfig:
+    """Schema of ``conf/paths``: where runs and the shared cache live."""
+
+    root_dir: str = MISSING
+    log_dir: str = MISSING
+    runs_dir: str = MISSING
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class TrainConfig:
+    """Schema of ``conf/train.yaml``: typed groups fail at compose time on a wrong key or type."""
+
+    task_name: str = "train"
+    seed: int = 0
+    ckpt_path: str | None = None
+    optimized_metric: str = "train/loss"
+    export_pipeline: bool = True
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    prior: PriorConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    eval: EvalConfig = MISSING
+    paths: PathsConfig = MISSING
+    trainer: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] | None = field(default_factory=dict)
+    logger: dict[str, Any] | None = field(default_factory=dict)
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+@dataclass
+class RunPlan:
+    """Everything checked and resolved before any model loads."""
+
+    run_dir: Path
+    instance_images: list
+    instance_prompt: str
+    class_prompt: str | None
+    sample_prompts: list[str]
+    ckpt_path: str | None
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Check every input (configs, folders, images, checkpoint) — a clear error before anything heavy."""
+    check_model_config(cfg.model)
+    check_data_config(cfg.data)
+    check_optimizer_config(cfg.optimizer)
+    check_eval_config(cfg.eval)
+    if int(cfg.trainer.get("max_steps", -1)) < 1:
+        raise UserInputError("trainer.max_steps must be >= 1: DreamBooth training is counted in steps")
+    subject = resolve_subject(cfg.data)
+    check_prior_config(cfg.prior, subject.class_noun)
+    prior = cfg.prior.weight > 0
+    if cfg.optimized_metric not in DreamBoothModule.metric_names(prior):
+        raise UserInputError(
+            f"optimized_metric={cfg.optimized_metric}: this run does not log it; "
+            f"available: {', '.join(DreamBoothModule.metric_names(prior))}"
+        )
+    return RunPlan(
+        run_dir=Path(cfg.paths.output_dir),
+        instance_images=load_subject_images(subject),
+        instance_prompt=instance_prompt(cfg.data, subject.class_noun),
+        class_prompt=class_prompt(cfg.prior, subject.class_noun) if prior else None,
+        sample_prompts=sample_prompts(cfg.eval, cfg.data.token, subject.class_noun),
+        ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg, cfg.paths.runs_dir),
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """One DreamBooth run; returns the final metrics (also written to ``<run dir>/metrics.json``)."""
+    plan = plan_run(cfg)
+    announce(f"run dir: {plan.run_dir}")
+    save_config(cfg, plan.run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    loggers = instantiate_loggers(cfg.logger)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+    callbacks.append(SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+
+    parts = load_model(cfg.model, cfg.paths.cache_dir)
+    class_images = None
+    if plan.class_prompt is not None:
+        class_images = generate_class_images(
+            cfg.prior, parts, plan.class_prompt, cfg.data.resolution, plan.run_dir / "class_images"
+        )
+    datamodule = DreamBoothDataModule(cfg.data, plan.instance_images, class_images, seed=cfg.seed)
+    module = DreamBoothModule(
+        parts, cfg.model, cfg.optimizer, plan.instance_prompt, plan.class_prompt, cfg.prior.weight, cfg.seed
+    )
+
+    status = "failed"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
+        status = "success"
+    finally:
+        finalize_loggers(loggers, status)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["step"] = trainer.global_step
+    if trainer.is_global_zero:
+        if cfg.export_pipeline:
+            announce(f"pipeline: {export_pipeline(module, plan.run_dir / 'pipeline')}")
+        (plan.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
+    return metrics
+
+
+def objective(metrics: dict[str, float], name: str) -> float:
+    """The value a sweeper optimizes; a clear error when the run did not produce it."""
+    if name not in metrics:
+        raise UserInputError(
+            f"optimized_metric={name}: not in the run's metrics; available: {', '.join(sorted(metrics))}"
+        )
+    value = metrics[name]
+    if math.isnan(value):
+        log.warning("optimized_metric %s is NaN", name)
+    return value
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra writes ``.hydra/`` for CLI runs; runs started from Python get the same record."""
+    target = run_dir / ".hydra" / "config.yaml"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, target)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    quiet_known_noise()
+    with exit_on_user_error():
+        return objective(run(cfg), cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

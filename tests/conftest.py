@@ -1,0 +1,74 @@
+"""Shared fixtures: configs composed with Hydra's compose API against temporary folders, CPU only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+import dbexp.train  # noqa: F401  (registers the schemas in Hydra's ConfigStore)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+#: A run in seconds: few steps, few and cheap class images and samples.
+FAST = [
+    "trainer.max_steps=4",
+    "trainer.log_every_n_steps=1",
+    "prior.num_class_images=2",
+    "prior.num_inference_steps=2",
+    "eval.seeds=[0]",
+    "eval.prompts=[a photo of {token} {class_noun},a photo of {class_noun}]",
+    "eval.num_inference_steps=2",
+    "eval.every_n_steps=2",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the session: the tiny model is built once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def compose_train(tmp: Path, cache: Path, *overrides: str, name: str = "run") -> DictConfig:
+    """The train config for a run folder ``tmp/runs/<name>``, as the CLI would compose it."""
+    paths = [
+        f"paths.root_dir={tmp}",
+        f"paths.log_dir={tmp}",
+        f"paths.runs_dir={tmp / 'runs'}",
+        f"paths.output_dir={tmp / 'runs' / name}",
+        f"paths.cache_dir={cache}",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*paths, *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    def make(*overrides: str, name: str = "run", fast: bool = True) -> DictConfig:
+        return compose_train(tmp_path, cache_dir, *(FAST if fast else []), *overrides, name=name)
+
+    return make
+
+
+def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    """``python -m <module> <args>`` in ``cwd`` with an isolated, offline Hugging Face cache."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
