@@ -64,6 +64,11 @@ class DreamBoothModule(L.LightningModule):
             self.text_encoder.eval()
         return self
 
+    def on_fit_start(self) -> None:
+        # from_pretrained returns modules in eval mode and Lightning keeps modes as it finds them:
+        # set them here, or a resumed run (which draws no step-0 samples) would train in eval mode.
+        self.train()
+
     def trained_prefixes(self) -> tuple[str, ...]:
         return ("unet.", "text_encoder.") if self.train_text_encoder else ("unet.",)
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 INIT_MODES = ("pretrained", "random")
 #: Bumped whenever the way a built model is written changes, so stale cache entries are not reused.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 
 
 @dataclass

@@ -116,6 +116,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """One DreamBooth run; returns the final metrics (also written to ``<run dir>/metrics.json``)."""
+    quiet_known_noise()
     plan = plan_run(cfg)
     announce(f"run dir: {plan.run_dir}")
     save_config(cfg, plan.run_dir)
@@ -178,7 +179,6 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    quiet_known_noise()
     with exit_on_user_error():
         return objective(run(cfg), cfg.optimized_metric)
 

@@ -6,7 +6,19 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from tests.conftest import CONF, compose_train
 
-GROUPS = ["model", "data", "prior", "optimizer", "eval", "trainer", "callbacks", "logger", "paths", "experiment", "debug"]
+GROUPS = [
+    "model",
+    "data",
+    "prior",
+    "optimizer",
+    "eval",
+    "trainer",
+    "callbacks",
+    "logger",
+    "paths",
+    "experiment",
+    "debug",
+]
 
 
 def _options():

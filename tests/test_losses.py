@@ -35,8 +35,14 @@ def test_min_snr_weights_each_term_with_its_own_timesteps():
     timesteps = torch.tensor([0, 2, 1, 2])  # instance: SNR 1, 9 — class: SNR 3, 9
     gamma = 5.0
     loss = dreambooth_loss(
-        prediction, target, timesteps, num_instance=2, prior_weight=2.0,
-        alphas_cumprod=alphas_cumprod, min_snr_gamma=gamma, prediction_type="epsilon",
+        prediction,
+        target,
+        timesteps,
+        num_instance=2,
+        prior_weight=2.0,
+        alphas_cumprod=alphas_cumprod,
+        min_snr_gamma=gamma,
+        prediction_type="epsilon",
     )
     # ε weights min(SNR, 5)/SNR: 1, 5/9 | 1, 5/9
     assert loss.instance.item() == pytest.approx((1 * 1 + 4 * 5 / 9) / 2)
@@ -44,8 +50,14 @@ def test_min_snr_weights_each_term_with_its_own_timesteps():
     assert loss.total.item() == pytest.approx(loss.instance.item() + 2.0 * loss.prior.item())
     # v-prediction weights min(SNR, 5)/(SNR + 1): 1/2, 5/10 | 3/4, 5/10
     v = dreambooth_loss(
-        prediction, target, timesteps, num_instance=2, prior_weight=2.0,
-        alphas_cumprod=alphas_cumprod, min_snr_gamma=gamma, prediction_type="v_prediction",
+        prediction,
+        target,
+        timesteps,
+        num_instance=2,
+        prior_weight=2.0,
+        alphas_cumprod=alphas_cumprod,
+        min_snr_gamma=gamma,
+        prediction_type="v_prediction",
     )
     assert v.instance.item() == pytest.approx((1 * 0.5 + 4 * 0.5) / 2)
     assert v.prior.item() == pytest.approx((9 * 0.75 + 16 * 0.5) / 2)

@@ -1,0 +1,103 @@
+"""Checkpoints: bit-identical resume, atomic writes, weights-only reads, ckpt_path=last, keep-last-K."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from dbexp.errors import UserInputError
+from dbexp.train import run, save_config
+
+CRASH = "+callbacks.crash={_target_: tests.helpers.CrashAtStep, step: 3}"
+
+
+def _final_unet(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg):
+    steps = ["trainer.max_steps=6", "model.train_text_encoder=true", "optimizer.lr=1e-3", "optimizer.scheduler=cosine"]
+    straight_cfg = make_cfg(*steps, name="2026-01-01_00-00-00")
+    straight = run(straight_cfg)
+
+    crashed_cfg = make_cfg(*steps, CRASH, name="2026-01-02_00-00-00")
+    with pytest.raises(RuntimeError, match="simulated crash at step 3"):
+        run(crashed_cfg)
+    crashed_dir = Path(crashed_cfg.paths.output_dir)
+    assert torch.load(crashed_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+    resumed_cfg = make_cfg(*steps, "ckpt_path=last", name="2026-01-03_00-00-00")
+    resumed = run(resumed_cfg)
+    assert resumed == straight  # same final losses and learning rates, same step
+
+    a = _final_unet(Path(straight_cfg.paths.output_dir))
+    b = _final_unet(Path(resumed_cfg.paths.output_dir))
+    assert a["global_step"] == b["global_step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    states_a, states_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert states_a.keys() == states_b.keys()
+    for sa, sb in zip(states_a.values(), states_b.values(), strict=True):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_only_the_last_k_step_checkpoints_are_kept(make_cfg):
+    cfg = make_cfg("trainer.max_steps=7", "callbacks.model_checkpoint.save_top_k=2")
+    run(cfg)
+    files = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir())
+    assert files == ["last.ckpt", "step_000006.ckpt", "step_000007.ckpt"]  # step 7: saved at the end
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    loaded = io.load_checkpoint(path)
+    assert loaded["global_step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_ckpt_path_last_finds_the_newest_run_of_the_same_setting(make_cfg):
+    def fake_run(name, *overrides):
+        cfg = make_cfg(*overrides, name=name)
+        run_dir = Path(cfg.paths.output_dir)
+        save_config(cfg, run_dir)
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        return run_dir
+
+    fake_run("2026-01-01_00-00-00")
+    newest = fake_run("2026-01-02_00-00-00", "trainer.max_steps=9", "logger=none")  # same setting
+    fake_run("2026-01-03_00-00-00", "optimizer.lr=1e-4")  # another setting
+    cfg = make_cfg("ckpt_path=last", name="2026-01-04_00-00-00")
+    assert resolve_ckpt_path("last", cfg, cfg.paths.runs_dir) == str(newest / "checkpoints" / "last.ckpt")
+
+    other = make_cfg("ckpt_path=last", "seed=7", name="2026-01-05_00-00-00")
+    with pytest.raises(UserInputError, match="no earlier run of this setting"):
+        resolve_ckpt_path("last", other, other.paths.runs_dir)
+    with pytest.raises(UserInputError, match="no such checkpoint file"):
+        resolve_ckpt_path("missing.ckpt", other, other.paths.runs_dir)

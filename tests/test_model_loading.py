@@ -1,0 +1,96 @@
+"""Model loading: tiny goes through the same loader as SD1.5; random init matches the real architectures."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dbexp.errors import UserInputError
+from dbexp.model_loading import check_model_config, load_model, save_pipeline
+from tests.conftest import compose_train
+
+
+def test_tiny_is_built_once_into_the_cache_and_loaded_from_there(tmp_path):
+    cfg = compose_train(tmp_path, tmp_path / "cache")
+    first = load_model(cfg.model, cfg.paths.cache_dir)
+    built = list((tmp_path / "cache" / "models").iterdir())
+    assert len(built) == 1 and (built[0] / "model_index.json").is_file()
+    assert (built[0] / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert first.source == str(built[0])  # loaded from the folder, not used from memory
+    mtime = (built[0] / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    second = load_model(cfg.model, cfg.paths.cache_dir)
+    assert (built[0] / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == mtime
+    for a, b in zip(first.unet.parameters(), second.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert isinstance(first.tokenizer, CLIPTokenizer)
+    assert first.tokenizer.tokenize("a photo of sks dog") == ["a</w>", "photo</w>", "of</w>", "sks</w>", "dog</w>"]
+    assert sum(p.numel() for p in first.unet.parameters()) < 2_000_000
+
+
+def test_sd15_from_a_local_folder_uses_the_real_loader(tmp_path, cache_dir):
+    tiny = load_model(compose_train(tmp_path, cache_dir).model, cache_dir)
+    folder = tmp_path / "my_sd15"
+    save_pipeline(tiny, folder)
+    cfg = compose_train(tmp_path, cache_dir, "model=sd15", f"model.pretrained={folder}")
+    check_model_config(cfg.model)
+    parts = load_model(cfg.model, cache_dir)
+    assert parts.source == str(folder)
+    assert type(parts.inference_scheduler).__name__ == "PNDMScheduler"
+    for a, b in zip(tiny.unet.state_dict().values(), parts.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_prediction_type_override_reaches_both_schedulers(tmp_path, cache_dir):
+    cfg = compose_train(tmp_path, cache_dir, "model.prediction_type=v_prediction")
+    parts = load_model(cfg.model, cache_dir)
+    assert parts.noise_scheduler.config.prediction_type == "v_prediction"
+    assert parts.inference_scheduler.config.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize(
+    ("name", "unet", "vae", "text_encoder"),
+    [("sd15", 859_520_964, 83_653_863, 123_060_480), ("sd21", 865_910_724, 83_653_863, 340_387_840)],
+)
+def test_random_init_builds_the_real_architecture(tmp_path, name, unet, vae, text_encoder):
+    """model.init=random: the full architecture, no download (counted on the meta device: no memory)."""
+    cfg = compose_train(tmp_path, tmp_path / "cache", f"model={name}", "model.init=random")
+    check_model_config(cfg.model)
+    arch = cfg.model.architecture
+    with torch.device("meta"):
+        counts = [
+            sum(p.numel() for p in m.parameters())
+            for m in (
+                UNet2DConditionModel(**arch.unet),
+                AutoencoderKL(**arch.vae),
+                CLIPTextModel(CLIPTextConfig(**arch.text_encoder)),
+            )
+        ]
+    assert counts == [unet, vae, text_encoder]
+
+
+def test_random_init_in_memory_downloads_nothing(tmp_path, cache_dir):
+    # Same code path as sd15 init=random, on the tiny architecture (the full one takes GBs of RAM).
+    cfg = compose_train(tmp_path, cache_dir, "model.pretrained=some/hub-id", "model.init=random")
+    parts = load_model(cfg.model, cache_dir)
+    assert parts.source == "random"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.pretrained=./no/such/folder", "folder does not exist"),
+        ("model.init=zeros", "model.init=zeros"),
+        ("model.prediction_type=sample", "model.prediction_type=sample"),
+    ],
+)
+def test_model_config_errors(tmp_path, override, message):
+    cfg = compose_train(tmp_path, tmp_path / "cache", "model=sd15", override)
+    with pytest.raises(UserInputError, match=message):
+        check_model_config(cfg.model)
+
+
+def test_a_folder_that_is_not_a_diffusers_model(tmp_path):
+    (tmp_path / "weights").mkdir()
+    cfg = compose_train(tmp_path, tmp_path / "cache", "model=sd15", f"model.pretrained={tmp_path / 'weights'}")
+    with pytest.raises(UserInputError, match="not a diffusers Stable Diffusion folder"):
+        load_model(cfg.model, tmp_path / "cache")
