@@ -1,3 +1,10 @@
 """dbexp: a Hydra-driven experiment framework for DreamBooth fine-tuning of Stable Diffusion."""
 
+import logging as _logging
+
 __version__ = "0.1.0"
+
+# diffusers' pipelines import CLIP's image processor, whose default backend would need
+# torchvision; dbexp never uses it (no safety checker), so transformers' fallback notice is noise.
+# Set before transformers is first imported, in every process (DDP workers start afresh).
+_logging.getLogger("transformers.utils.import_utils").setLevel(_logging.ERROR)

@@ -27,9 +27,6 @@ def quiet_known_noise() -> None:
     for pattern in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
-    # diffusers' pipelines import CLIP's image processor, whose default backend would need
-    # torchvision; dbexp never uses it (no safety checker), so the fallback notice is noise.
-    logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
 
 
 def announce(message: str) -> None:

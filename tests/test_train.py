@@ -167,3 +167,18 @@ def test_exported_pipeline_loads_and_generates(make_cfg):
 def test_unknown_optimized_metric_names_the_available_ones(make_cfg):
     with pytest.raises(UserInputError, match=r"optimized_metric=eval/dino.*available: train/loss"):
         plan_run(make_cfg("optimized_metric=eval/dino"))
+
+
+def test_samples_go_to_every_logger_that_shows_images(make_cfg):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg("logger=many")
+    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    grid = Image.open(run_dir / "samples" / "final.png")
+    assert grid.height == 2 * 128  # rows: the two FAST prompts, one seed column, 32 px upscaled to 128
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert [e.step for e in events.Images("samples")] == [0, 2, 4, 4]
+    assert "train/loss" in events.Tags()["scalars"]
+    assert (run_dir / "csv" / "metrics.csv").is_file()
