@@ -50,6 +50,18 @@ class DreamBoothModule(L.LightningModule):
         # Frozen weights are not in the checkpoint, so loading it is not strict about them.
         self.strict_loading = False
 
+    def model_parts(self) -> ModelParts:
+        """The current (fine-tuned) model as the parts a pipeline is made of."""
+        return ModelParts(
+            tokenizer=self.tokenizer,
+            text_encoder=self.text_encoder,
+            vae=self.vae,
+            unet=self.unet,
+            noise_scheduler=self.noise_scheduler,
+            inference_scheduler=self.inference_scheduler,
+            source="fine-tuned",
+        )
+
     @staticmethod
     def metric_names(prior: bool) -> list[str]:
         """What :meth:`training_step` logs (so ``optimized_metric`` can be checked before training)."""

@@ -27,6 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dbexp.dreambench import prompt_vocabulary_text
 from dbexp.errors import UserInputError
+from dbexp.sampling import build_pipeline
 from dbexp.tokenizer import build_clip_tokenizer, words_of
 
 log = logging.getLogger(__name__)
@@ -160,46 +161,44 @@ def build_components(architecture: dict[str, Any]) -> ModelParts:
 def materialize_architecture(name: str, architecture: dict[str, Any], cache_dir: str | Path) -> Path:
     """Build ``architecture`` once into ``<cache>/models/<name>-<hash>/`` (diffusers layout).
 
-    The folder appears atomically (built in a temporary folder, then renamed), so concurrent
-    runs either find a complete model or build their own copy and discard it.
+    Concurrent runs either find the complete folder or build their own copy, and the first
+    rename wins (the copies are identical: the weights are seeded).
     """
     spec = json.dumps({"format": BUILD_FORMAT, "architecture": architecture}, sort_keys=True, default=str)
     key = hashlib.sha256(spec.encode()).hexdigest()[:12]
     folder = Path(cache_dir).expanduser() / "models" / f"{name}-{key}"
-    if (folder / "model_index.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        parts = build_components(architecture)
-        save_pipeline(parts, staging)
-        (staging / "dbexp_architecture.json").write_text(spec)
-        try:
-            os.replace(staging, folder)
-        except OSError:  # another process finished first: its copy is identical
-            if not (folder / "model_index.json").is_file():
-                raise
+    if not (folder / "model_index.json").is_file():
+        save_pipeline(build_components(architecture), folder, extra_files={"dbexp_architecture.json": spec})
         log.info("model: built %s into %s", name, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
-def save_pipeline(parts: ModelParts, folder: str | Path) -> None:
-    """Write the parts as a ``StableDiffusionPipeline`` folder (safetensors, no safety checker)."""
-    from diffusers import StableDiffusionPipeline
+def save_pipeline(
+    parts: ModelParts, folder: str | Path, replace: bool = False, extra_files: dict[str, str] | None = None
+) -> Path:
+    """Write the parts as a ``StableDiffusionPipeline`` folder (safetensors, no safety checker).
 
-    pipeline = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=parts.inference_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    The folder appears whole or not at all: it is written beside its place and renamed.
+    An existing folder is replaced when ``replace``, else kept (another process wrote it).
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.inference_scheduler)
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
+        if replace and folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.replace(staging, folder)
+        except OSError:  # a complete folder is already there (a concurrent build)
+            if not (folder / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def with_prediction_type(parts: ModelParts, prediction_type: str) -> ModelParts:

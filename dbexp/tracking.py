@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,20 @@ def log_image(loggers: list[Logger], key: str, image: Image.Image, step: int) ->
             logger.log_image(key=key, images=[image], step=step)
 
 
-def finalize_loggers(loggers: list[Logger], status: str) -> None:
-    """Close every logger, also after a failure, so no run is left open (``status``: success/failed)."""
+@contextlib.contextmanager
+def open_loggers(cfg: dict[str, Any] | None) -> Iterator[list[Logger]]:
+    """The configured loggers, closed on the way out — marked failed when an exception leaves the block,
+    so a crashed run or trial is never left open in a tracking server."""
+    loggers = instantiate_loggers(cfg)
+    status = "failed"
+    try:
+        yield loggers
+        status = "success"
+    finally:
+        _finalize(loggers, status)
+
+
+def _finalize(loggers: list[Logger], status: str) -> None:
     for logger in loggers:
         try:
             logger.finalize(status)

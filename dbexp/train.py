@@ -37,7 +37,7 @@ from dbexp.evaluation import EvalConfig, SampleGridCallback, check_eval_config, 
 from dbexp.export import export_pipeline
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
-from dbexp.tracking import finalize_loggers, instantiate_loggers
+from dbexp.tracking import open_loggers
 
 log = logging.getLogger("dbexp.train")
 
@@ -122,30 +122,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, plan.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    loggers = instantiate_loggers(cfg.logger)
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
-    callbacks.append(SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples"))
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
-
-    parts = load_model(cfg.model, cfg.paths.cache_dir)
-    class_images = None
-    if plan.class_prompt is not None:
-        class_images = generate_class_images(
-            cfg.prior, parts, plan.class_prompt, cfg.data.resolution, plan.run_dir / "class_images"
+    with open_loggers(cfg.logger) as loggers:
+        callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+        callbacks.append(
+            SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples")
         )
-    datamodule = DreamBoothDataModule(cfg.data, plan.instance_images, class_images, seed=cfg.seed)
-    module = DreamBoothModule(
-        parts, cfg.model, cfg.optimizer, plan.instance_prompt, plan.class_prompt, cfg.prior.weight, cfg.seed
-    )
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        )
 
-    status = "failed"
-    try:
+        parts = load_model(cfg.model, cfg.paths.cache_dir)
+        class_images = None
+        if plan.class_prompt is not None:
+            class_images = generate_class_images(
+                cfg.prior, parts, plan.class_prompt, cfg.data.resolution, plan.run_dir / "class_images"
+            )
+        datamodule = DreamBoothDataModule(cfg.data, plan.instance_images, class_images, seed=cfg.seed)
+        module = DreamBoothModule(
+            parts, cfg.model, cfg.optimizer, plan.instance_prompt, plan.class_prompt, cfg.prior.weight, cfg.seed
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
-        status = "success"
-    finally:
-        finalize_loggers(loggers, status)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["step"] = trainer.global_step

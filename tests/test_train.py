@@ -182,3 +182,20 @@ def test_samples_go_to_every_logger_that_shows_images(make_cfg):
     assert [e.step for e in events.Images("samples")] == [0, 2, 4, 4]
     assert "train/loss" in events.Tags()["scalars"]
     assert (run_dir / "csv" / "metrics.csv").is_file()
+
+
+def test_the_objective_is_the_optimized_metric_or_a_clear_error():
+    from dbexp.train import objective
+
+    assert objective({"train/loss": 0.5, "step": 4}, "train/loss") == 0.5
+    with pytest.raises(UserInputError, match=r"optimized_metric=eval/dino: not in the run's metrics; available: step"):
+        objective({"train/loss": 0.5, "step": 4}, "eval/dino")
+
+
+def test_loggers_are_closed_as_failed_when_the_run_crashes(make_cfg):
+    cfg = make_cfg("logger=csv", "+callbacks.crash={_target_: tests.helpers.CrashAtStep, step: 2}")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(cfg)
+    # CSVLogger buffers rows until it is saved (every 100 steps, or when finalized): rows here mean it was closed.
+    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
+    assert [r["step"] for r in rows] == ["0"]  # step 1 crashed before its row was logged
