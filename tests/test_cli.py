@@ -102,3 +102,15 @@ def test_ddp_on_two_cpu_processes(tmp_path, cache_dir):
     assert metrics["step"] == 4 and metrics["train/loss"] > 0
     assert (run_dir / "pipeline" / "model_index.json").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_run_folder(tmp_path, cache_dir):
+    result = run_cli(
+        "dbexp.train", "--multirun", "optimizer.lr=1e-5,1e-4", f"paths.cache_dir={cache_dir}", *FAST, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = next((tmp_path / "outputs" / "debug" / "multiruns").iterdir())
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    lrs = [json.loads((sweep / job / "metrics.json").read_text())["train/lr"] for job in ("0", "1")]
+    assert lrs == pytest.approx([1e-5, 1e-4])
