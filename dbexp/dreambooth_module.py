@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
+from dbexp.errors import UserInputError
 from dbexp.losses import dreambooth_loss
 from dbexp.model_loading import ModelConfig, ModelParts
 from dbexp.optimization import OptimizerConfig, build_lr_scheduler, build_optimizer
@@ -93,6 +94,16 @@ class DreamBoothModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trained = self.trained_prefixes()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(trained)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loading is not strict (frozen parts are absent), so check that every trained weight is there.
+        expected = {k for k in self.state_dict() if k.startswith(self.trained_prefixes())}
+        missing = sorted(expected - checkpoint["state_dict"].keys())
+        if missing:
+            raise UserInputError(
+                f"ckpt_path: the checkpoint lacks {len(missing)} of this run's trained weights (e.g. {missing[0]}); "
+                "it was made with another model or with model.train_text_encoder set differently"
+            )
 
     # --- the training step ----------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -101,3 +101,12 @@ def test_ckpt_path_last_finds_the_newest_run_of_the_same_setting(make_cfg):
         resolve_ckpt_path("last", other, other.paths.runs_dir)
     with pytest.raises(UserInputError, match="no such checkpoint file"):
         resolve_ckpt_path("missing.ckpt", other, other.paths.runs_dir)
+
+
+def test_a_checkpoint_of_another_setting_is_refused(make_cfg):
+    first = make_cfg(name="2026-01-01_00-00-00")
+    run(first)
+    checkpoint = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    other = make_cfg("model.train_text_encoder=true", f"ckpt_path={checkpoint}", name="2026-01-02_00-00-00")
+    with pytest.raises(UserInputError, match=r"lacks \d+ of this run's trained weights \(e.g. text_encoder\."):
+        run(other)
