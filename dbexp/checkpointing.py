@@ -75,7 +75,7 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, runs_root: str | P
         path = Path(ckpt_path).expanduser()
         if not path.is_file():
             raise UserInputError(f"ckpt_path={ckpt_path}: no such checkpoint file (or use ckpt_path=last)")
-        return str(path)
+        return str(path.resolve())
     wanted = setting_fingerprint(cfg)
     here = Path(cfg.paths.output_dir).resolve() if "output_dir" in cfg.get("paths", {}) else None
     for run in sorted(Path(runs_root).glob("*/"), key=lambda p: p.name, reverse=True):
@@ -83,7 +83,7 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, runs_root: str | P
         if run.resolve() == here or not (saved.is_file() and last.is_file()):
             continue
         if setting_fingerprint(OmegaConf.load(saved)) == wanted:
-            return str(last)
+            return str(last.resolve())
     raise UserInputError(
         f"ckpt_path=last: no earlier run of this setting with checkpoints/last.ckpt under {runs_root}; "
         "run without ckpt_path, or give ckpt_path=<path to a .ckpt>"
