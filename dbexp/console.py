@@ -24,9 +24,15 @@ class _DropAdverts(logging.Filter):
 
 
 def quiet_known_noise() -> None:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     for pattern in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+    # Per-file bars of loading and saving weights (tiny files here; the run log says what was loaded).
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
 
 
 def announce(message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 #: Exit status of a run stopped by bad input (Hydra's own config errors exit with 1).
 USER_ERROR_EXIT = 2
@@ -12,6 +13,18 @@ USER_ERROR_EXIT = 2
 
 class UserInputError(Exception):
     """Bad input the user can fix. The message names the file or config key and what to do."""
+
+
+def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` whose failure (a misspelt argument, a missing class) is one line naming ``key``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        reason = " ".join(str(err).split())
+        raise UserInputError(f"{key}: {reason}") from None
 
 
 @contextlib.contextmanager

@@ -166,7 +166,7 @@ def materialize_architecture(name: str, architecture: dict[str, Any], cache_dir:
     """
     spec = json.dumps({"format": BUILD_FORMAT, "architecture": architecture}, sort_keys=True, default=str)
     key = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    folder = Path(cache_dir).expanduser() / "models" / f"{name}-{key}"
+    folder = Path(cache_dir).expanduser().resolve() / "models" / f"{name}-{key}"
     if not (folder / "model_index.json").is_file():
         save_pipeline(build_components(architecture), folder, extra_files={"dbexp_architecture.json": spec})
         log.info("model: built %s into %s", name, folder)

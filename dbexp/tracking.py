@@ -8,21 +8,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from PIL import Image
+
+from dbexp.errors import instantiate_checked
 
 log = logging.getLogger(__name__)
 
 
 def instantiate_loggers(cfg: dict[str, Any] | None) -> list[Logger]:
     """Every ``_target_`` entry of the logger group (``logger=none`` gives no logger)."""
-    loggers = []
-    for name, entry in (cfg or {}).items():
-        if entry is not None and "_target_" in entry:
-            log.info("logger: %s", name)
-            loggers.append(instantiate(entry))
-    return loggers
+    return [
+        instantiate_checked(entry, f"logger.{name}")
+        for name, entry in (cfg or {}).items()
+        if entry is not None and "_target_" in entry
+    ]
 
 
 def log_image(loggers: list[Logger], key: str, image: Image.Image, step: int) -> None:

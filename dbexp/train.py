@@ -17,7 +17,6 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.config_store import ConfigStore
-from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
@@ -32,7 +31,7 @@ from dbexp.datamodule import (
     resolve_subject,
 )
 from dbexp.dreambooth_module import DreamBoothModule
-from dbexp.errors import UserInputError, exit_on_user_error
+from dbexp.errors import UserInputError, exit_on_user_error, instantiate_checked
 from dbexp.evaluation import EvalConfig, SampleGridCallback, check_eval_config, sample_prompts
 from dbexp.export import export_pipeline
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
@@ -123,12 +122,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     with open_loggers(cfg.logger) as loggers:
-        callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+        callbacks = [
+            instantiate_checked(c, f"callbacks.{name}")
+            for name, c in (cfg.callbacks or {}).items()
+            if c is not None and "_target_" in c
+        ]
         callbacks.append(
             SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples")
         )
-        trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        trainer: L.Trainer = instantiate_checked(
+            cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
         )
 
         parts = load_model(cfg.model, cfg.paths.cache_dir)

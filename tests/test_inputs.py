@@ -71,3 +71,15 @@ def test_instance_dir_wins_over_the_default_subject(make_cfg, tmp_path):
     folder = _photos(tmp_path / "mug", 4)
     plan = plan_run(make_cfg(f"data.instance_dir={folder}", "data.class_noun=mug"))
     assert plan.instance_prompt == "a photo of sks mug" and len(plan.instance_images) == 4
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("+trainer.max_stepz=3", "trainer"), ("+callbacks.model_checkpoint.every_n_step=3", "callbacks.model_checkpoint")],
+)
+def test_a_misspelt_instantiated_argument_is_one_line(make_cfg, override, key):
+    from dbexp.train import run
+
+    with pytest.raises(UserInputError, match=rf"^{key}: Error in call to target") as err:
+        run(make_cfg(override))
+    assert "\n" not in str(err.value)
