@@ -35,6 +35,18 @@ def quiet_known_noise() -> None:
     diffusers_logging.disable_progress_bar()
 
 
+def expand_home_in_overrides(argv: list[str]) -> list[str]:
+    """``key=~/photos`` → ``key=/home/me/photos``: shells expand ``~`` only at a word's start, and
+    Hydra's override grammar rejects an unquoted ``~``, so a typed home path would fail to parse."""
+    expanded = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and value.startswith("~"):
+            arg = f"{key}={os.path.expanduser(value)}"
+        expanded.append(arg)
+    return expanded
+
+
 def announce(message: str) -> None:
     """Print where outputs went (stdout, rank zero only: DDP workers would repeat it)."""
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":

@@ -15,7 +15,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from dbexp.console import announce, quiet_known_noise
+from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
 from dbexp.errors import UserInputError, exit_on_user_error
 from dbexp.sampling import check_sampler, generate, make_grid, sampler
 
@@ -114,4 +114,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = expand_home_in_overrides(sys.argv)
     sys.exit(main())

@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from dbexp.class_images import PriorConfig, check_prior_config, class_prompt, generate_class_images
-from dbexp.console import announce, quiet_known_noise
+from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
 from dbexp.datamodule import (
     DataConfig,
     DreamBoothDataModule,
@@ -183,4 +183,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = expand_home_in_overrides(sys.argv)
     sys.exit(main())

@@ -114,3 +114,34 @@ def test_multirun_gives_each_job_its_own_run_folder(tmp_path, cache_dir):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     lrs = [json.loads((sweep / job / "metrics.json").read_text())["train/lr"] for job in ("0", "1")]
     assert lrs == pytest.approx([1e-5, 1e-4])
+
+
+def test_a_home_path_as_typed_in_a_shell_reaches_the_run(tmp_path):
+    """`data.instance_dir=~/photos/mug` as the README shows: no shell expands that `~`, Hydra rejects it."""
+    home = tmp_path / "home"
+    result = run_cli(
+        "dbexp.train",
+        "model=sd21",
+        "data.instance_dir=~/photos/mug",
+        "data.class_noun=mug",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        cwd=tmp_path,
+        env={"HOME": str(home)},
+    )
+    assert result.returncode == 2
+    assert f"data.instance_dir={home}/photos/mug: folder does not exist" in _one_error_line(result.stderr)
+
+
+def test_expand_home_in_overrides(monkeypatch):
+    from dbexp.console import expand_home_in_overrides
+
+    monkeypatch.setenv("HOME", "/home/me")
+    argv = ["train.py", "data.instance_dir=~/a", "+x=~", "prompt=a ~ b", "--multirun", "~key"]
+    assert expand_home_in_overrides(argv) == [
+        "train.py",
+        "data.instance_dir=/home/me/a",
+        "+x=/home/me",
+        "prompt=a ~ b",
+        "--multirun",
+        "~key",
+    ]
