@@ -33,6 +33,9 @@ from dbexp.tokenizer import build_clip_tokenizer, words_of
 log = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+#: Config keys that record where a model was loaded from, not what it is.
+PATH_KEYS = ("_name_or_path", "name_or_path")
 INIT_MODES = ("pretrained", "random")
 #: Bumped whenever the way a built model is written changes, so stale cache entries are not reused.
 BUILD_FORMAT = 2
@@ -67,6 +70,8 @@ class ModelParts:
     noise_scheduler: DDPMScheduler  # training: forward process, targets, SNR
     inference_scheduler: SchedulerMixin  # sampling and export: the base model's own sampler
     source: str  # where the weights came from (hub id, folder, or "random")
+    #: A content fingerprint per part (tokenizer, text_encoder, vae, unet, scheduler): what caches key on.
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -127,6 +132,7 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
         noise_scheduler=DDPMScheduler.from_config(scheduler_config),
         inference_scheduler=_scheduler_from_config(scheduler_config),
         source=pretrained,
+        identity={part: fingerprint_folder(Path(folder) / part) for part in PARTS},
     )
 
 
@@ -147,6 +153,7 @@ def build_components(architecture: dict[str, Any]) -> ModelParts:
         vae = AutoencoderKL(**arch["vae"])
         text_encoder = CLIPTextModel(text_config)
     inference_scheduler = _scheduler_from_config(arch["scheduler"])
+    spec = json.dumps(arch, sort_keys=True, default=str)
     return ModelParts(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -155,6 +162,8 @@ def build_components(architecture: dict[str, Any]) -> ModelParts:
         noise_scheduler=DDPMScheduler.from_config(inference_scheduler.config),
         inference_scheduler=inference_scheduler,
         source="random",
+        # Seeded weights: the architecture (with its seed) is the content.
+        identity={part: _sha256(f"random:{part}:{spec}") for part in PARTS},
     )
 
 
@@ -207,7 +216,35 @@ def with_prediction_type(parts: ModelParts, prediction_type: str) -> ModelParts:
     config["prediction_type"] = prediction_type
     parts.noise_scheduler = DDPMScheduler.from_config(config)
     parts.inference_scheduler = type(parts.inference_scheduler).from_config(config)
+    parts.identity["scheduler"] = _sha256(f"{parts.identity.get('scheduler')}:{prediction_type}")
     return parts
+
+
+def fingerprint_folder(folder: Path, sample: int = 1 << 20) -> str:
+    """A content fingerprint of one part's folder: JSON configs by content (minus where they were
+    loaded from), other files by name, size and the SHA-256 of their first and last MiB (all of
+    it when small). Reads ~2 MiB per file, so a 3 GB UNet costs milliseconds; fine-tuned weights
+    differ in their first tensors, so they never collide with the base model's."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        if file.suffix == ".json":  # configs: content only, not the path they were last loaded from
+            config = json.loads(file.read_text())
+            if isinstance(config, dict):
+                config = {k: v for k, v in config.items() if k not in PATH_KEYS}
+            digest.update(f"{file.relative_to(folder)}:{json.dumps(config, sort_keys=True)}".encode())
+            continue
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(folder)}:{size}:".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(sample))
+            if size > 2 * sample:
+                f.seek(-sample, os.SEEK_END)
+            digest.update(f.read(sample))
+    return digest.hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _plain(node: Any) -> Any:
@@ -232,7 +269,7 @@ def _resolve_folder(pretrained: str, revision: str | None, variant: str | None) 
     """A local diffusers folder for ``pretrained``: the folder itself, or the hub snapshot."""
     path = Path(pretrained).expanduser()
     if path.is_dir():
-        missing = [p for p in ("tokenizer", "text_encoder", "vae", "unet", "scheduler") if not (path / p).is_dir()]
+        missing = [p for p in PARTS if not (path / p).is_dir()]
         if missing:
             raise UserInputError(
                 f"model.pretrained={pretrained}: not a diffusers Stable Diffusion folder "

@@ -20,7 +20,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
-from dbexp.class_images import PriorConfig, check_prior_config, class_prompt, generate_class_images
 from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
 from dbexp.datamodule import (
     DataConfig,
@@ -36,6 +35,7 @@ from dbexp.evaluation import EvalConfig, SampleGridCallback, check_eval_config, 
 from dbexp.export import export_pipeline
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
+from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.tracking import open_loggers
 
 log = logging.getLogger("dbexp.train")
@@ -83,6 +83,7 @@ class RunPlan:
     instance_images: list
     instance_prompt: str
     class_prompt: str | None
+    class_photos: list | None  # prior.class_dir's images (else class images come from the cache)
     sample_prompts: list[str]
     ckpt_path: str | None
 
@@ -108,6 +109,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         instance_images=load_subject_images(subject),
         instance_prompt=instance_prompt(cfg.data, subject.class_noun),
         class_prompt=class_prompt(cfg.prior, subject.class_noun) if prior else None,
+        class_photos=load_class_dir(cfg.prior) if prior else None,
         sample_prompts=sample_prompts(cfg.eval, cfg.data.token, subject.class_noun),
         ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg, cfg.paths.runs_dir),
     )
@@ -135,12 +137,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
 
         parts = load_model(cfg.model, cfg.paths.cache_dir)
-        class_images = None
-        if plan.class_prompt is not None:
-            class_images = generate_class_images(
-                cfg.prior, parts, plan.class_prompt, cfg.data.resolution, plan.run_dir / "class_images"
-            )
-        datamodule = DreamBoothDataModule(cfg.data, plan.instance_images, class_images, seed=cfg.seed)
+        prior_images = plan.class_photos
+        if plan.class_prompt is not None and prior_images is None:
+            prior_images = class_images(
+                cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir
+            ).images
+        datamodule = DreamBoothDataModule(cfg.data, plan.instance_images, prior_images, seed=cfg.seed)
         module = DreamBoothModule(
             parts, cfg.model, cfg.optimizer, plan.instance_prompt, plan.class_prompt, cfg.prior.weight, cfg.seed
         )
