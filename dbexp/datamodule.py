@@ -46,6 +46,8 @@ class DataConfig:
     random_flip: bool = False
     batch_size: int = 1
     num_workers: int = 0
+    cache_latents: bool = True
+    cache_text_embeddings: bool = True
 
 
 @dataclass
@@ -129,6 +131,13 @@ def fit_to_square(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
+def center_square(image: Image.Image, resolution: int) -> Image.Image:
+    """The centre crop a sample uses with ``data.center_crop`` (what the latent cache encodes)."""
+    image = fit_to_square(image, resolution)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB → float CHW in [-1, 1]."""
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
@@ -136,7 +145,11 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 class ImageStream:
-    """Samples of one image set: each pass over the set is a fresh permutation."""
+    """Samples of one image set: each pass over the set is a fresh permutation.
+
+    A sample is ``{"pixels"}``, or ``{"latent_mean", "latent_std"}`` when ``latents`` (the VAE
+    posterior of each image's centre crop, and of its mirror image) are given.
+    """
 
     def __init__(
         self,
@@ -146,25 +159,34 @@ class ImageStream:
         resolution: int,
         center_crop: bool,
         random_flip: bool,
+        latents: list[dict[str, torch.Tensor]] | None = None,
     ) -> None:
+        if latents is not None and (not center_crop or len(latents) != len(images)):
+            raise ValueError("cached latents need centre crops and one entry per image")
         self.images = [fit_to_square(img, resolution) for img in images]
         self.stream, self.seed, self.resolution = stream, seed, resolution
-        self.center_crop, self.random_flip = center_crop, random_flip
+        self.center_crop, self.random_flip, self.latents = center_crop, random_flip, latents
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         n = len(self.images)
         order = np.random.default_rng(sample_seed(self.seed, self.stream, index // n, ORDER)).permutation(n)
-        image = self.images[order[index % n]]
+        which = int(order[index % n])
+        image = self.images[which]
         rng = np.random.default_rng(sample_seed(self.seed, self.stream, index, AUGMENT))
         room_x, room_y = image.width - self.resolution, image.height - self.resolution
         if self.center_crop:
             left, top = room_x // 2, room_y // 2
         else:
             left, top = int(rng.integers(0, room_x + 1)), int(rng.integers(0, room_y + 1))
+        flip = self.random_flip and rng.random() < 0.5
+        if self.latents is not None:
+            suffix = "_flipped" if flip else ""
+            entry = self.latents[which]
+            return {"latent_mean": entry[f"mean{suffix}"], "latent_std": entry[f"std{suffix}"]}
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
-        if self.random_flip and rng.random() < 0.5:
+        if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return to_tensor(image)
+        return {"pixels": to_tensor(image)}
 
 
 class DreamBoothStream(IterableDataset):
@@ -193,15 +215,15 @@ class DreamBoothStream(IterableDataset):
         while True:
             for local in range(batch * self.batch_size, (batch + 1) * self.batch_size):
                 index = self.start + local * self.world_size + self.rank
-                item = {"instance_pixels": self.instances[index], "instance_index": index}
+                item = {f"instance_{k}": v for k, v in self.instances[index].items()} | {"instance_index": index}
                 if self.classes is not None:
-                    item |= {"class_pixels": self.classes[index], "class_index": index}
+                    item |= {f"class_{k}": v for k, v in self.classes[index].items()} | {"class_index": index}
                 yield item
             batch += num_workers
 
 
 class DreamBoothDataModule(L.LightningDataModule):
-    """Instance photos, and class images when the prior loss is on (prompts are tokenized by the module)."""
+    """Instance photos, and class images when the prior loss is on — as pixels, or as cached VAE latents."""
 
     def __init__(
         self,
@@ -209,16 +231,15 @@ class DreamBoothDataModule(L.LightningDataModule):
         instance_images: list[Image.Image],
         class_images: list[Image.Image] | None,
         seed: int,
+        instance_latents: list[dict[str, torch.Tensor]] | None = None,
+        class_latents: list[dict[str, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.seed = cfg, seed
-        self.instances = ImageStream(
-            instance_images, INSTANCE_STREAM, seed, cfg.resolution, cfg.center_crop, cfg.random_flip
-        )
+        crops = (cfg.resolution, cfg.center_crop, cfg.random_flip)
+        self.instances = ImageStream(instance_images, INSTANCE_STREAM, seed, *crops, latents=instance_latents)
         self.classes = (
-            ImageStream(class_images, CLASS_STREAM, seed, cfg.resolution, cfg.center_crop, cfg.random_flip)
-            if class_images
-            else None
+            ImageStream(class_images, CLASS_STREAM, seed, *crops, latents=class_latents) if class_images else None
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
+from dbexp.encoding_cache import tokenize
 from dbexp.errors import UserInputError
 from dbexp.losses import dreambooth_loss
 from dbexp.model_loading import ModelConfig, ModelParts
@@ -29,7 +30,10 @@ class DreamBoothModule(L.LightningModule):
         class_prompt: str | None,
         prior_weight: float,
         seed: int,
+        text_embeddings: list[torch.Tensor] | None = None,
     ) -> None:
+        """``text_embeddings``: the frozen text encoder's output for [instance prompt, class prompt]
+        (from the cache), used instead of running the encoder every step."""
         super().__init__()
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         self.tokenizer = parts.tokenizer
@@ -44,9 +48,15 @@ class DreamBoothModule(L.LightningModule):
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
-        self.register_buffer("instance_ids", self._tokenize(instance_prompt), persistent=False)
-        class_ids = self._tokenize(class_prompt) if class_prompt is not None else torch.empty(0, dtype=torch.long)
+        self.register_buffer("instance_ids", tokenize(self.tokenizer, instance_prompt), persistent=False)
+        class_ids = tokenize(self.tokenizer, class_prompt) if class_prompt is not None else torch.empty(0).long()
         self.register_buffer("class_ids", class_ids, persistent=False)
+        if text_embeddings is not None and self.train_text_encoder:
+            raise ValueError("cached text embeddings are only valid while the text encoder is frozen")
+        self.cached_states = text_embeddings is not None
+        if self.cached_states:
+            self.register_buffer("instance_states", text_embeddings[0], persistent=False)
+            self.register_buffer("class_states", text_embeddings[-1], persistent=False)
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
         # Frozen weights are not in the checkpoint, so loading it is not strict about them.
         self.strict_loading = False
@@ -107,13 +117,11 @@ class DreamBoothModule(L.LightningModule):
 
     # --- the training step ----------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        pixels, ids, seeds = self._stack_batch(batch)
-        num_instance = batch["instance_pixels"].shape[0]
-        latents, noise, timesteps = self._diffusion_inputs(pixels, seeds)
+        kinds = ["instance", "class"] if "class_index" in batch and self.prior_weight > 0 else ["instance"]
+        num_instance = len(batch["instance_index"])
+        latents, noise, timesteps = self._diffusion_inputs(batch, kinds)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            encoder_states = self.text_encoder(ids)[0]
-        prediction = self.unet(noisy, timesteps, encoder_states).sample
+        prediction = self.unet(noisy, timesteps, self._encoder_states(batch, kinds)).sample
         if self.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
@@ -137,26 +145,38 @@ class DreamBoothModule(L.LightningModule):
             self.log(name, group["lr"])
         return loss.total
 
-    def _stack_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Instance samples first, then class samples; each with the seed of its stream position."""
-        n = batch["instance_pixels"].shape[0]
-        seeds = [sample_seed(self.seed, INSTANCE_STREAM, int(i), NOISE) for i in batch["instance_index"]]
-        pixels, ids = [batch["instance_pixels"]], [self.instance_ids.expand(n, -1)]
-        if "class_pixels" in batch and self.prior_weight > 0:
-            m = batch["class_pixels"].shape[0]
-            seeds += [sample_seed(self.seed, CLASS_STREAM, int(i), NOISE) for i in batch["class_index"]]
-            pixels.append(batch["class_pixels"])
-            ids.append(self.class_ids.expand(m, -1))
-        return torch.cat(pixels), torch.cat(ids), seeds
+    def _encoder_states(self, batch: dict[str, torch.Tensor], kinds: list[str]) -> torch.Tensor:
+        """Text-encoder output per sample: cached for a frozen encoder, else computed (with grad when trained)."""
+        counts = [len(batch[f"{kind}_index"]) for kind in kinds]
+        if self.cached_states:
+            fixed = {"instance": self.instance_states, "class": self.class_states}
+            return torch.cat([fixed[k].expand(n, -1, -1) for k, n in zip(kinds, counts, strict=True)])
+        ids = {"instance": self.instance_ids, "class": self.class_ids}
+        ids = torch.cat([ids[k].expand(n, -1) for k, n in zip(kinds, counts, strict=True)])
+        with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
+            return self.text_encoder(ids)[0]
 
-    def _diffusion_inputs(
-        self, pixels: torch.Tensor, seeds: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Latents (a posterior sample), noise and timesteps — per sample from its own CPU generator,
-        so they depend on the sample's stream position only (not on device, batch or resume)."""
+    def _posterior(self, batch: dict[str, torch.Tensor], kinds: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's mean and std per sample: cached latents, or the VAE on the pixels."""
+        if all(f"{kind}_latent_mean" in batch for kind in kinds):
+            return (
+                torch.cat([batch[f"{k}_latent_mean"] for k in kinds]),
+                torch.cat([batch[f"{k}_latent_std"] for k in kinds]),
+            )
+        pixels = torch.cat([batch[f"{kind}_pixels"] for kind in kinds])
         with torch.no_grad():
             posterior = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        shape = posterior.mean.shape[1:]
+        return posterior.mean, posterior.std
+
+    def _diffusion_inputs(
+        self, batch: dict[str, torch.Tensor], kinds: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents (a posterior sample), noise and timesteps — per sample from its own CPU generator,
+        so they depend on the sample's stream position only (not on device, batch, cache or resume)."""
+        streams = {"instance": INSTANCE_STREAM, "class": CLASS_STREAM}
+        seeds = [sample_seed(self.seed, streams[k], int(i), NOISE) for k in kinds for i in batch[f"{k}_index"]]
+        mean, std = self._posterior(batch, kinds)
+        shape = mean.shape[1:]
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         latent_eps = torch.stack([torch.randn(shape, generator=g) for g in generators])
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
@@ -165,16 +185,6 @@ class DreamBoothModule(L.LightningModule):
         if self.model_cfg.noise_offset:
             offset = torch.stack([torch.randn(shape[0], 1, 1, generator=g) for g in generators])
             noise = noise + self.model_cfg.noise_offset * offset
-        device = pixels.device
-        latents = posterior.mean + posterior.std * latent_eps.to(device, posterior.mean.dtype)
-        latents = latents * self.vae.config.scaling_factor
+        device = mean.device
+        latents = (mean + std * latent_eps.to(device, mean.dtype)) * self.vae.config.scaling_factor
         return latents, noise.to(device, latents.dtype), timesteps.to(device)
-
-    def _tokenize(self, prompt: str) -> torch.Tensor:
-        return self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids

@@ -30,6 +30,7 @@ from dbexp.datamodule import (
     resolve_subject,
 )
 from dbexp.dreambooth_module import DreamBoothModule
+from dbexp.encoding_cache import cached_latents, cached_text_embeddings
 from dbexp.errors import UserInputError, exit_on_user_error, instantiate_checked
 from dbexp.evaluation import EvalConfig, SampleGridCallback, check_eval_config, sample_prompts
 from dbexp.export import export_pipeline
@@ -142,9 +143,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
             prior_images = class_images(
                 cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir
             ).images
-        datamodule = DreamBoothDataModule(cfg.data, plan.instance_images, prior_images, seed=cfg.seed)
+        encoded = encode_once(cfg, parts, plan, prior_images, trainer.strategy.root_device)
+        datamodule = DreamBoothDataModule(
+            cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
+        )
         module = DreamBoothModule(
-            parts, cfg.model, cfg.optimizer, plan.instance_prompt, plan.class_prompt, cfg.prior.weight, cfg.seed
+            parts,
+            cfg.model,
+            cfg.optimizer,
+            plan.instance_prompt,
+            plan.class_prompt,
+            cfg.prior.weight,
+            cfg.seed,
+            text_embeddings=encoded.text_embeddings,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
 
@@ -156,6 +167,36 @@ def run(cfg: DictConfig) -> dict[str, float]:
         (plan.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
     return metrics
+
+
+@dataclass
+class Encoded:
+    instance_latents: list | None = None
+    class_latents: list | None = None
+    text_embeddings: list | None = None
+
+
+def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None, device) -> Encoded:
+    """VAE latents and text embeddings from the shared cache, where caching them is valid."""
+    encoded = Encoded()
+    if cfg.data.cache_latents and cfg.data.center_crop:
+        args = (parts.vae, parts.identity["vae"])
+        kwargs = {
+            "resolution": cfg.data.resolution,
+            "flips": cfg.data.random_flip,
+            "cache_dir": cfg.paths.cache_dir,
+            "device": device,
+        }
+        encoded.instance_latents = cached_latents(*args, plan.instance_images, **kwargs)
+        encoded.class_latents = cached_latents(*args, class_images, **kwargs) if class_images else None
+    elif cfg.data.cache_latents:
+        log.info("latent cache off: random crops (data.center_crop=false) differ every step")
+    if cfg.data.cache_text_embeddings and not cfg.model.train_text_encoder:
+        prompts = [plan.instance_prompt] + ([plan.class_prompt] if plan.class_prompt is not None else [])
+        encoded.text_embeddings = cached_text_embeddings(
+            parts.text_encoder, parts.tokenizer, parts.identity, prompts, cfg.paths.cache_dir, device
+        )
+    return encoded
 
 
 def objective(metrics: dict[str, float], name: str) -> float:

@@ -23,16 +23,16 @@ def _take(dataset, n):
 
 def test_samples_are_a_pure_function_of_the_index():
     a, b = _stream(center_crop=False, random_flip=True), _stream(center_crop=False, random_flip=True)
-    assert all(torch.equal(a[i], b[i]) for i in [0, 5, 11, 1000])
-    assert not torch.equal(a[0], ImageStream(_images(), 0, 8, 32, False, True)[0])  # another seed
+    assert all(torch.equal(a[i]["pixels"], b[i]["pixels"]) for i in [0, 5, 11, 1000])
+    assert not torch.equal(a[0]["pixels"], ImageStream(_images(), 0, 8, 32, False, True)[0]["pixels"])  # seed
 
 
 def test_each_pass_shows_every_image_once():
     stream = _stream(center_crop=True, random_flip=False)
-    colours = {round(stream[i][0].mean().item(), 4) for i in range(3)}
+    colours = {round(stream[i]["pixels"][0].mean().item(), 4) for i in range(3)}
     assert len(colours) == 3
     for start in (3, 6, 9):
-        assert {round(stream[i][0].mean().item(), 4) for i in range(start, start + 3)} == colours
+        assert {round(stream[i]["pixels"][0].mean().item(), 4) for i in range(start, start + 3)} == colours
 
 
 def test_a_stream_started_at_k_is_the_tail_of_the_full_stream():

@@ -109,14 +109,13 @@ def test_training_step_targets_follow_the_prediction_type(make_cfg, prediction_t
     module.train()
     images = load_subject_images(resolve_subject(cfg.data))
     data = DreamBoothDataModule(cfg.data, images, None, seed=cfg.seed)
-    batch = {"instance_pixels": data.instances[0][None], "instance_index": torch.tensor([0])}
+    batch = {"instance_pixels": data.instances[0]["pixels"][None], "instance_index": torch.tensor([0])}
     with torch.no_grad():
         loss = module.training_step(batch, 0)
-        pixels, ids, seeds = module._stack_batch(batch)
-        latents, noise, t = module._diffusion_inputs(pixels, seeds)
+        latents, noise, t = module._diffusion_inputs(batch, ["instance"])
         alpha_bar = parts.noise_scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
         noisy = alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise
-        prediction = module.unet(noisy, t, module.text_encoder(ids)[0]).sample
+        prediction = module.unet(noisy, t, module.text_encoder(module.instance_ids)[0]).sample
         target = noise if prediction_type == "epsilon" else alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents
         other = (alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents) if prediction_type == "epsilon" else noise
     assert loss.item() == pytest.approx(torch.mean((prediction - target) ** 2).item(), rel=1e-5)

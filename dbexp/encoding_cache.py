@@ -1,0 +1,137 @@
+"""VAE latents and text embeddings computed once per content and reused by every run and trial.
+
+* Latents: the VAE posterior (mean and std) of each centre-cropped instance or class image —
+  and of its mirror image when random flips are on — keyed by (VAE fingerprint, image content
+  hash, resolution, crop, flip). Training samples ``mean + std · ε`` with the same per-sample ε
+  as without the cache, so both give the same loss. Random crops cannot be cached (each step
+  sees another crop): there the cache is off.
+* Text embeddings: the text encoder's output for the fixed instance and class prompts, keyed by
+  (text-encoder and tokenizer fingerprints, prompt). Only valid while the text encoder is frozen.
+
+Files are ``<cache>/latents/<key>.safetensors`` and ``<cache>/text/<key>.safetensors``, written
+under a temporary name and renamed, so concurrent runs never read a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from dbexp.datamodule import center_square, to_tensor
+
+log = logging.getLogger(__name__)
+#: Bumped when how an image becomes VAE input (resize, crop, normalisation) changes.
+LATENT_FORMAT = 1
+
+
+def image_digest(image: Image.Image) -> str:
+    """Content hash of decoded pixels (so re-encoding a JPEG or renaming a file does not matter)."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}:".encode())
+    digest.update(np.asarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def latent_key(vae_identity: str, image: Image.Image, resolution: int, flips: bool) -> str:
+    fields = {
+        "format": LATENT_FORMAT,
+        "vae": vae_identity,
+        "image": image_digest(image),
+        "resolution": resolution,
+        "crop": "center",
+        "flips": flips,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def cached_latents(
+    vae,
+    vae_identity: str,
+    images: list[Image.Image],
+    resolution: int,
+    flips: bool,
+    cache_dir: str | Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> list[dict[str, torch.Tensor]]:
+    """Per image ``{"mean", "std"}`` (plus ``"mean_flipped", "std_flipped"`` with flips), encoding only misses."""
+    folder = Path(cache_dir).expanduser().resolve() / "latents"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{latent_key(vae_identity, im, resolution, flips)}.safetensors" for im in images]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        vae_device = next(vae.parameters()).device
+        vae.to(device)
+        try:
+            for begin in range(0, len(missing), batch_size):
+                chunk = missing[begin : begin + batch_size]
+                crops = [center_square(images[i], resolution) for i in chunk]
+                views = {"": crops}
+                if flips:
+                    views["_flipped"] = [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+                encoded = {}
+                for suffix, view in views.items():
+                    pixels = torch.stack([to_tensor(c) for c in view]).to(device, vae.dtype)
+                    posterior = vae.encode(pixels).latent_dist
+                    encoded[f"mean{suffix}"], encoded[f"std{suffix}"] = posterior.mean.float(), posterior.std.float()
+                for row, index in enumerate(chunk):
+                    _save_atomic({k: v[row].cpu().contiguous() for k, v in encoded.items()}, paths[index])
+        finally:
+            vae.to(vae_device)
+    log.info(
+        "latents: %d images, %d reused, %d encoded (%s)", len(images), len(images) - len(missing), len(missing), folder
+    )
+    return [load_file(p) for p in paths]
+
+
+@torch.no_grad()
+def cached_text_embeddings(
+    text_encoder,
+    tokenizer,
+    identity: dict[str, str],
+    prompts: list[str],
+    cache_dir: str | Path,
+    device: torch.device | str = "cpu",
+) -> list[torch.Tensor]:
+    """The text encoder's last hidden state for each prompt, ``(1, tokens, width)``, from the cache when there."""
+    folder = Path(cache_dir).expanduser().resolve() / "text"
+    folder.mkdir(parents=True, exist_ok=True)
+    embeddings = []
+    for prompt in prompts:
+        fields = {
+            "text_encoder": identity["text_encoder"],
+            "tokenizer": identity["tokenizer"],
+            "prompt": prompt,
+            "max_length": tokenizer.model_max_length,
+        }
+        path = folder / f"{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]}.safetensors"
+        if not path.is_file():
+            ids = tokenize(tokenizer, prompt)
+            te_device = next(text_encoder.parameters()).device
+            text_encoder.to(device)
+            states = text_encoder(ids.to(device))[0].float().cpu()
+            text_encoder.to(te_device)
+            _save_atomic({"states": states.contiguous()}, path)
+        embeddings.append(load_file(path)["states"])
+    return embeddings
+
+
+def tokenize(tokenizer, prompt: str) -> torch.Tensor:
+    """Token ids padded to the model's length, as Stable Diffusion encodes prompts."""
+    return tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(staging))
+    os.replace(staging, path)
