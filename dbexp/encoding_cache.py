@@ -120,7 +120,7 @@ def cached_text_embeddings(
             states = text_encoder(ids.to(device))[0].float().cpu()
             text_encoder.to(te_device)
             _save_atomic({"states": states.contiguous()}, path)
-        embeddings.append(load_file(path)["states"])
+        embeddings.append(_load_touched(path)["states"])
     return embeddings
 
 
@@ -129,6 +129,13 @@ def tokenize(tokenizer, prompt: str) -> torch.Tensor:
     return tokenizer(
         prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
+
+
+def _load_touched(path: Path) -> dict[str, torch.Tensor]:
+    """Load a cache entry and mark it used now (``dbexp.cache prune --older-than`` goes by last use)."""
+    tensors = load_file(path)
+    os.utime(path)
+    return tensors
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -179,6 +179,7 @@ def materialize_architecture(name: str, architecture: dict[str, Any], cache_dir:
     if not (folder / "model_index.json").is_file():
         save_pipeline(build_components(architecture), folder, extra_files={"dbexp_architecture.json": spec})
         log.info("model: built %s into %s", name, folder)
+    os.utime(folder)  # last use, for `dbexp.cache prune --older-than`
     return folder
 
 
