@@ -1,0 +1,204 @@
+"""``python -m dbexp.bench prior|cache [overrides]``: speed of the caches, as tables (benchmarks, not tests).
+
+* ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
+  cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
+* ``cache``: median training-step time with the latent and text-embedding caches ÷ without
+  (goal ≤ 0.7), measured in full Lightning runs, alternating the two settings; plus the same
+  ratio from counted FLOPs (``--flops-only``: just that, for any model, e.g. ``model=sd15``).
+
+Overrides are the training config's (default ``model=tiny``), e.g. ``prior.num_class_images=200``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, open_dict
+
+from dbexp.console import announce, quiet_known_noise
+from dbexp.errors import exit_on_user_error
+
+
+class StepTimer(L.Callback):
+    """Wall time between consecutive optimizer steps (data, forward, backward, update), written as JSON."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.stamps = Path(out), []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.out.write_text(json.dumps([b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]))
+
+
+def compose_config(root: Path, name: str, overrides: list[str]) -> DictConfig:
+    """The train config with every folder under ``root`` (a benchmark never touches the user's outputs)."""
+    from hydra import compose, initialize_config_dir
+
+    import dbexp.train  # noqa: F401  (registers the schema)
+
+    paths = [
+        f"paths.root_dir={root}",
+        f"paths.log_dir={root}",
+        f"paths.runs_dir={root / 'runs'}",
+        f"paths.output_dir={root / 'runs' / name}",
+    ]
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=[*paths, *overrides])
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def bench_prior(root: Path, overrides: list[str]) -> dict:
+    from dbexp.datamodule import resolve_subject
+    from dbexp.model_loading import load_model
+    from dbexp.prior_cache import class_images, class_prompt
+
+    cfg = compose_config(root, "prior", [f"paths.cache_dir={root / 'cache'}", *overrides])
+    parts = load_model(cfg.model, cfg.paths.cache_dir)
+    prompt = class_prompt(cfg.prior, resolve_subject(cfg.data).class_noun)
+    rows = []
+    for run_name in ("first", "second"):
+        start = time.perf_counter()
+        result = class_images(cfg.prior, parts, prompt, cfg.data.resolution, cfg.paths.cache_dir)
+        rows.append((run_name, result.generated, result.reused, time.perf_counter() - start))
+    ratio = rows[1][3] / rows[0][3]
+    print(
+        f"\ndbexp bench prior — model={cfg.model.name}, {cfg.prior.num_class_images} class images, "
+        f"{cfg.prior.num_inference_steps} sampler steps, {cfg.data.resolution} px, {_device()}"
+    )
+    print(f"{'run':<8} {'generated':>9} {'reused':>7} {'seconds':>9}")
+    for name, generated, reused, seconds in rows:
+        print(f"{name:<8} {generated:>9} {reused:>7} {seconds:>9.3f}")
+    print(f"prior stage, second run ÷ first: {ratio:.4f}  (goal ≤ 0.01)")
+    return {"first_s": rows[0][3], "second_s": rows[1][3], "ratio": ratio}
+
+
+def bench_cache(root: Path, overrides: list[str], steps: int = 100, warmup: int = 10, rounds: int = 2) -> dict:
+    from dbexp.train import run
+
+    settings = {
+        "without caches": ["data.cache_latents=false", "data.cache_text_embeddings=false"],
+        "with caches": ["data.cache_latents=true", "data.cache_text_embeddings=true"],
+    }
+    quiet = [
+        "callbacks=none",
+        "logger=none",
+        "export_pipeline=false",
+        "eval.every_n_steps=0",
+        "eval.at_start=false",
+        "eval.num_inference_steps=1",
+        f"trainer.max_steps={warmup + steps + 1}",
+        "+trainer.enable_progress_bar=false",
+    ]
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for round_ in range(rounds):
+        for name, switches in settings.items():
+            out = root / f"steps-{round_}-{name.replace(' ', '_')}.json"
+            timer = f"+callbacks.timer={{_target_: dbexp.bench.StepTimer, out: '{out}'}}"
+            run(compose_config(root, f"{round_}-{name.replace(' ', '_')}", [*quiet, *switches, *overrides, timer]))
+            times[name] += json.loads(out.read_text())[warmup:]
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratio = medians["with caches"] / medians["without caches"]
+    print(
+        f"\ndbexp bench cache — {len(times['with caches'])} timed steps per setting ({rounds} alternating rounds "
+        f"of {steps} after {warmup} warm-up), {_device()}"
+    )
+    print(f"{'setting':<16} {'median ms/step':>15} {'p90 ms/step':>12}")
+    for name, values in times.items():
+        p90 = statistics.quantiles(values, n=10)[-1]
+        print(f"{name:<16} {medians[name] * 1e3:>15.2f} {p90 * 1e3:>12.2f}")
+    print(f"training step with caches ÷ without: {ratio:.3f}  (goal ≤ 0.7)")
+    cfg = compose_config(root, "flops", overrides)
+    counted = print_flops(cfg.model, cfg.data.resolution)
+    return {
+        "ms_without": medians["without caches"] * 1e3,
+        "ms_with": medians["with caches"] * 1e3,
+        "ratio": ratio,
+        "counted_ratio": counted,
+    }
+
+
+def counted_flops(model_cfg, resolution: int) -> dict[str, float]:
+    """TFLOP per sample of VAE encode, text encoder and UNet forward, counted on the meta device
+    (no weights, no memory: works for the full SD architectures here)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from omegaconf import OmegaConf
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
+    factor = 2 ** (len(arch["vae"]["block_out_channels"]) - 1)
+    with torch.device("meta"), torch.no_grad():
+        unet, vae = UNet2DConditionModel(**arch["unet"]), AutoencoderKL(**arch["vae"])
+        text = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))
+        pixels = torch.zeros(1, 3, resolution, resolution)
+        latents = torch.zeros(1, 4, resolution // factor, resolution // factor)
+        states = torch.zeros(1, 77, arch["text_encoder"]["hidden_size"])
+        calls = {
+            "vae_encode": lambda: vae.encode(pixels),
+            "text_encoder": lambda: text(torch.zeros(1, 77, dtype=torch.long)),
+            "unet_forward": lambda: unet(latents, torch.tensor([10]), states),
+        }
+        counted = {}
+        for name, call in calls.items():
+            with FlopCounterMode(display=False) as counter:
+                call()
+            counted[name] = counter.get_total_flops() / 1e12
+    return counted
+
+
+def print_flops(model_cfg, resolution: int) -> float:
+    flops = counted_flops(model_cfg, resolution)
+    uncached = flops["vae_encode"] + flops["text_encoder"] + 3 * flops["unet_forward"]  # UNet: forward + backward
+    ratio = 3 * flops["unet_forward"] / uncached
+    print(
+        f"counted TFLOP per sample, model={model_cfg.name} at {resolution} px: VAE encode {flops['vae_encode']:.4f}, "
+        f"text encoder {flops['text_encoder']:.4f}, UNet forward {flops['unet_forward']:.4f} (backward ≈ 2×)"
+    )
+    print(f"training-step compute with caches ÷ without (counted): {ratio:.3f}")
+    return ratio
+
+
+def _device() -> str:
+    threads = torch.get_num_threads()
+    return f"CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU ({threads} threads)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["prior", "cache"])
+    ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
+    ap.add_argument("--steps", type=int, default=100, help="cache: timed steps per run")
+    ap.add_argument("--rounds", type=int, default=2, help="cache: alternating rounds of both settings")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this file")
+    ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
+    args = ap.parse_intermixed_args(argv)
+    quiet_known_noise()
+    with exit_on_user_error(), tempfile.TemporaryDirectory(prefix="dbexp-bench-") as tmp:
+        root = Path(tmp)
+        if args.what == "prior":
+            numbers = bench_prior(root, args.overrides)
+        elif args.flops_only:
+            cfg = compose_config(root, "flops", args.overrides)
+            numbers = {"counted_ratio": print_flops(cfg.model, cfg.data.resolution)}
+        else:
+            numbers = bench_cache(root, args.overrides, steps=args.steps, rounds=args.rounds)
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2) + "\n")
+        announce(f"numbers written to {args.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

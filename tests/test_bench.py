@@ -1,0 +1,30 @@
+"""The benchmark command runs and prints its tables (benchmarks measure; tests never assert timings)."""
+
+import json
+
+import pytest
+
+from dbexp.bench import counted_flops, main
+from tests.conftest import compose_train
+
+
+def test_bench_prior_and_cache_print_their_tables(tmp_path, capsys):
+    main(["prior", "prior.num_class_images=3", "prior.num_inference_steps=2", "--json", str(tmp_path / "p.json")])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines() if line.startswith(("first", "second"))}
+    assert rows == {"first": ["3", "0"], "second": ["0", "3"]}
+    assert "prior stage, second run ÷ first:" in out
+    assert json.loads((tmp_path / "p.json").read_text())["ratio"] > 0
+
+    main(["cache", "--steps", "3", "--rounds", "1", "prior.num_class_images=2", "prior.num_inference_steps=2"])
+    out = capsys.readouterr().out
+    assert "without caches" in out and "with caches" in out and "training step with caches ÷ without" in out
+    assert "counted TFLOP per sample, model=tiny" in out
+
+
+def test_counted_flops_match_the_reference_figure_for_sd15(tmp_path):
+    """REFERENCE.md: one SD1.5 UNet forward at 64×64 latents ≈ 0.8 TFLOP."""
+    cfg = compose_train(tmp_path, tmp_path / "cache", "model=sd15")
+    flops = counted_flops(cfg.model, 512)
+    assert flops["unet_forward"] == pytest.approx(0.8, rel=0.05)
+    assert flops["vae_encode"] > flops["unet_forward"] > flops["text_encoder"] > 0
