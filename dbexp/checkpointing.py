@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from dbexp.atomic_files import atomic_path
 from dbexp.errors import UserInputError
 
 #: Config keys that do not change what training computes: a run that differs only there is
@@ -25,18 +25,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     reads with ``weights_only=True``, so loading a checkpoint never unpickles arbitrary objects."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(staging, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(staging, path)
-            _fsync_dir(path.parent)
-        finally:
-            staging.unlink(missing_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, durable=True) as staging, open(staging, "wb") as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -88,16 +79,3 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, runs_root: str | P
         f"ckpt_path=last: no earlier run of this setting with checkpoints/last.ckpt under {runs_root}; "
         "run without ckpt_path, or give ckpt_path=<path to a .ckpt>"
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from dbexp.atomic_files import atomic_path
 from dbexp.datamodule import center_square, to_tensor
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,5 @@ def _load_touched(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(staging))
-    os.replace(staging, path)
+    with atomic_path(path) as staging:
+        save_file(tensors, str(staging))

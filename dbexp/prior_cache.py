@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dbexp import __version__
+from dbexp.atomic_files import atomic_path
 from dbexp.errors import UserInputError
 from dbexp.images import load_image_folder, load_image_rgb
 from dbexp.model_loading import ModelParts
@@ -126,7 +126,8 @@ def class_images(
         if have < wanted:
             _generate_missing(cfg, parts, prompt, resolution, folder, have, wanted)
         manifest.update(count=max(have, wanted), dbexp_version=__version__, last_used=_now())
-        _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        with atomic_path(folder / MANIFEST) as staging:
+            staging.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     images = [load_image_rgb(image_path(folder, i)) for i in range(wanted)]
     reused = min(have, wanted)
     log.info(
@@ -159,10 +160,8 @@ def _generate_missing(
             batch_size=cfg.batch_size,
         )
         for index, image in zip(indices, images, strict=True):
-            target = image_path(folder, index)
-            staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            image.save(staging, format="PNG")
-            os.replace(staging, target)
+            with atomic_path(image_path(folder, index)) as staging:
+                image.save(staging, format="PNG")
         bar.update(len(indices))
     bar.close()
 
@@ -178,12 +177,6 @@ def _complete_prefix(folder: Path, count: int) -> int:
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
 
 
 def _now() -> str:
