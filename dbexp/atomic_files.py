@@ -8,25 +8,37 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``. ``durable``: fsync file and folder
-    first, so the new file also survives a power loss (checkpoints)."""
+    """Yield a temporary path to write (a file, or a folder); on success it replaces ``path``.
+
+    ``durable``: fsync the file and its folder first, so it also survives a power loss (checkpoints).
+    A folder cannot replace a non-empty folder: if one appeared meanwhile, a concurrent writer
+    finished first and its (identical) copy is kept.
+    """
     path = Path(path)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield staging
         if durable:
             _fsync(staging)
-        os.replace(staging, path)
+        try:
+            os.replace(staging, path)
+        except OSError:
+            if not (staging.is_dir() and path.is_dir()):
+                raise
         if durable:
             _fsync(path.parent)
     finally:
-        staging.unlink(missing_ok=True)
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:

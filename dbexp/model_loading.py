@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DCondit
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from dbexp.atomic_files import atomic_path
 from dbexp.dreambench import prompt_vocabulary_text
 from dbexp.errors import UserInputError
 from dbexp.sampling import build_pipeline
@@ -193,21 +193,13 @@ def save_pipeline(
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    if replace and folder.exists():
+        shutil.rmtree(folder)
+    with atomic_path(folder) as staging:
         pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.inference_scheduler)
         pipeline.save_pretrained(staging, safe_serialization=True)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        if replace and folder.exists():
-            shutil.rmtree(folder)
-        try:
-            os.replace(staging, folder)
-        except OSError:  # a complete folder is already there (a concurrent build)
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -267,30 +259,36 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _resolve_folder(pretrained: str, revision: str | None, variant: str | None) -> str:
-    """A local diffusers folder for ``pretrained``: the folder itself, or the hub snapshot."""
-    path = Path(pretrained).expanduser()
+    """A local Stable Diffusion folder for ``pretrained``: the folder itself, or the hub snapshot."""
+    path = hub_or_folder(pretrained, "model.pretrained", revision, _hub_files(variant))
+    missing = [p for p in PARTS if not (path / p).is_dir()]
+    if missing:
+        raise UserInputError(
+            f"model.pretrained={pretrained}: not a diffusers Stable Diffusion folder "
+            f"(missing {', '.join(missing)}/); save one with StableDiffusionPipeline.save_pretrained"
+        )
+    return str(path)
+
+
+def hub_or_folder(source: str, key: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder for ``source`` (the config value of ``key``): the folder itself, or a Hugging Face
+    hub snapshot (found in the local HF cache when offline, else downloaded) — or one clear error line."""
+    path = Path(source).expanduser()
     if path.is_dir():
-        missing = [p for p in PARTS if not (path / p).is_dir()]
-        if missing:
-            raise UserInputError(
-                f"model.pretrained={pretrained}: not a diffusers Stable Diffusion folder "
-                f"(missing {', '.join(missing)}/); save one with StableDiffusionPipeline.save_pretrained"
-            )
-        return str(path)
-    if _looks_like_path(pretrained):
-        raise UserInputError(f"model.pretrained={pretrained}: folder does not exist")
+        return path
+    if _looks_like_path(source):
+        raise UserInputError(f"{key}={source}: folder does not exist")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        # One call for the whole model: found in the local HF cache when offline, else downloaded.
-        return snapshot_download(pretrained, revision=revision, allow_patterns=_hub_files(variant))
+        return Path(snapshot_download(source, revision=revision, allow_patterns=allow_patterns))
     except (OSError, HfHubHTTPError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(
-            f"model.pretrained={pretrained}: could not get it from the Hugging Face hub or its local cache "
-            f"({reason}). Offline? Download it where there is network (`hf download {pretrained}`) and "
-            "set model.pretrained=/path/to/that/folder"
+            f"{key}={source}: could not get it from the Hugging Face hub or its local cache "
+            f"({reason}). Offline? Download it where there is network (`hf download {source}`) and "
+            f"set {key}=/path/to/that/folder"
         ) from None
 
 

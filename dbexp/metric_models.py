@@ -1,0 +1,203 @@
+"""The embedders behind the metrics: DINO ViT-S/16 (CLS token) and CLIP, through transformers.
+
+They load from a hub id or a local folder (one clear line when neither is there). ``tiny``
+builds small random ones from transformers configs, saves them once under the cache root and
+loads them through the same ``from_pretrained`` path — for tests and offline runs, where the
+numbers exercise the pipeline but mean nothing. Loaded once per process; :func:`release` frees them.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPTokenizer,
+    ViTConfig,
+    ViTImageProcessorPil,
+    ViTModel,
+)
+
+from dbexp.atomic_files import atomic_path
+from dbexp.dreambench import prompt_vocabulary_text
+from dbexp.model_loading import hub_or_folder
+from dbexp.tokenizer import build_clip_tokenizer, words_of
+
+log = logging.getLogger(__name__)
+SUITES = ("dreambench", "tiny")
+#: The tiny suite's architectures (random weights, seed 0): enough to run every metric end to end.
+TINY = {
+    "dino": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "image_size": 32,
+        "patch_size": 8,
+    },
+    "clip_text": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "vocab_size": 2048,
+        "max_position_embeddings": 77,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+    },
+    "clip_vision": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "image_size": 32,
+        "patch_size": 8,
+    },
+    "projection_dim": 32,
+}
+
+
+@dataclass
+class MetricModels:
+    dino: ViTModel
+    dino_processor: ViTImageProcessorPil
+    clip: CLIPModel
+    clip_processor: CLIPImageProcessorPil
+    clip_tokenizer: CLIPTokenizer
+    device: torch.device
+    description: dict[str, Any] = field(default_factory=dict)  # ids and preprocessing, for metrics.json
+
+    @torch.no_grad()
+    def dino_embed(self, images: list[Image.Image], batch_size: int = 32) -> torch.Tensor:
+        """DINO CLS-token embeddings (the paper's subject-fidelity features)."""
+        return self._batched(
+            images, batch_size, lambda px: self.dino(pixel_values=px).last_hidden_state[:, 0], self.dino_processor
+        )
+
+    @torch.no_grad()
+    def clip_image_embed(self, images: list[Image.Image], batch_size: int = 32) -> torch.Tensor:
+        return self._batched(
+            images, batch_size, lambda px: _features(self.clip.get_image_features(pixel_values=px)), self.clip_processor
+        )
+
+    @torch.no_grad()
+    def clip_text_embed(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return _features(self.clip.get_text_features(**tokens)).float().cpu()
+
+    def _batched(self, images, batch_size, embed, processor) -> torch.Tensor:
+        out = []
+        for begin in range(0, len(images), batch_size):
+            pixels = processor(images=images[begin : begin + batch_size], return_tensors="pt")["pixel_values"]
+            out.append(embed(pixels.to(self.device)).float().cpu())
+        return torch.cat(out)
+
+
+def _features(output) -> torch.Tensor:
+    # transformers 5 returns a model output whose pooled projection is the feature; older ones a tensor.
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+_LOADED: dict[tuple, MetricModels] = {}
+
+
+def load_metric_models(
+    suite: str, dino_model: str, clip_model: str, cache_dir: str | Path, device: torch.device | str = "cpu"
+) -> MetricModels:
+    """The suite's embedders, loaded once per process (sweeps and periodic evaluation reuse them)."""
+    key = (suite, dino_model, clip_model, str(device))
+    if key not in _LOADED:
+        if suite == "tiny":
+            dino_source, clip_source = (str(p) for p in build_tiny(cache_dir))
+            dino_key = clip_key = "eval.metrics=tiny"
+        else:
+            dino_source, clip_source, dino_key, clip_key = dino_model, clip_model, "eval.dino_model", "eval.clip_model"
+        dino_path = hub_or_folder(dino_source, dino_key, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        clip_path = hub_or_folder(clip_source, clip_key, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        device = torch.device(device)
+        dino = ViTModel.from_pretrained(dino_path, add_pooling_layer=False, dtype=torch.float32).to(device).eval()
+        clip = CLIPModel.from_pretrained(clip_path, dtype=torch.float32).to(device).eval()
+        dino_processor = ViTImageProcessorPil.from_pretrained(dino_path)
+        clip_processor = CLIPImageProcessorPil.from_pretrained(clip_path)
+        _LOADED[key] = MetricModels(
+            dino=dino,
+            dino_processor=dino_processor,
+            clip=clip,
+            clip_processor=clip_processor,
+            clip_tokenizer=CLIPTokenizer.from_pretrained(clip_path),
+            device=device,
+            description={
+                "suite": suite,
+                "dino_model": dino_source if suite != "tiny" else "tiny (random, built from config)",
+                "clip_model": clip_source if suite != "tiny" else "tiny (random, built from config)",
+                "dino_preprocessing": _preprocessing(dino_processor),
+                "clip_preprocessing": _preprocessing(clip_processor),
+            },
+        )
+        log.info("metric models: DINO %s, CLIP %s", dino_source, clip_source)
+    return _LOADED[key]
+
+
+def release() -> None:
+    """Free every loaded metric model (after a run's final evaluation)."""
+    _LOADED.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def build_tiny(cache_dir: str | Path) -> tuple[Path, Path]:
+    """The tiny DINO and CLIP folders (built once, atomically, under ``<cache>/models/``)."""
+    spec = json.dumps(TINY, sort_keys=True)
+    root = (
+        Path(cache_dir).expanduser().resolve()
+        / "models"
+        / f"metrics-tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    )
+    dino_dir, clip_dir = root / "dino", root / "clip"
+    if not (dino_dir / "config.json").is_file() or not (clip_dir / "config.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            dino = ViTModel(ViTConfig(**TINY["dino"]), add_pooling_layer=False)
+            clip = CLIPModel(
+                CLIPConfig(
+                    text_config=TINY["clip_text"],
+                    vision_config=TINY["clip_vision"],
+                    projection_dim=TINY["projection_dim"],
+                )
+            )
+        size = TINY["dino"]["image_size"]
+        for folder, model, processor in (
+            (dino_dir, dino, ViTImageProcessorPil(size={"height": size, "width": size})),
+            (
+                clip_dir,
+                clip,
+                CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+            ),
+        ):
+            with atomic_path(folder) as staging:
+                model.save_pretrained(staging, safe_serialization=True)
+                processor.save_pretrained(staging)
+                if model is clip:
+                    build_clip_tokenizer(words_of([prompt_vocabulary_text()]) + ["sks", "photo"]).save_pretrained(
+                        staging
+                    )
+    return dino_dir, clip_dir
+
+
+def _preprocessing(processor) -> dict[str, Any]:
+    keys = ("size", "crop_size", "do_center_crop", "resample", "image_mean", "image_std", "do_normalize", "do_resize")
+    config = processor.to_dict()
+    return {k: config[k] for k in keys if k in config}
