@@ -92,7 +92,9 @@ def _detail(kind: str, path: Path) -> str:
             f"{fields['num_inference_steps']} steps, cfg {fields['guidance_scale']}, seed {fields['seed']}"
         )
     if kind == "models":
-        return "built from config (dbexp_architecture.json)"
+        if (path / "dbexp_architecture.json").is_file():
+            return "SD-architecture model built from config (model.pretrained=null)"
+        return "tiny DINO + CLIP metric models built from config (eval.metrics=tiny)"
     return ""
 
 

@@ -1,19 +1,29 @@
-"""Owner of ``conf/eval``: what the model is asked to draw while and after it trains.
+"""Owner of ``conf/eval``: what the model is asked to draw while and after it trains, and how it scores.
 
-For now that is the sample grid (rows = prompts, columns = seeds); the DreamBooth metrics
-(DINO, CLIP-I, CLIP-T, PRES, DIV) extend this module in the evaluation issue.
+* Sample grids (rows = prompts, columns = seeds) every N steps and at the end.
+* The DreamBooth protocol (DINO, CLIP-I, CLIP-T, PRES, DIV; ``dbexp.metrics``): a fast subset every
+  ``eval.metrics_every_n_steps`` (logged as ``eval/*``), the full prompt set after training
+  (``metrics.json``), and ``python -m dbexp.evaluate`` for any exported pipeline.
+  Image i of prompt k always uses the same seed, so two checkpoints are compared on the same noise.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
+from PIL import Image
 
+from dbexp.datamodule import sample_seed
+from dbexp.dreambench import prompt_set_for, read_prompt_templates
 from dbexp.errors import UserInputError
+from dbexp.metric_models import MetricModels
+from dbexp.metrics import diversity, mean_pairwise_similarity, real_reference, text_alignment, within_set_similarity
 from dbexp.sampling import build_pipeline, check_sampler, generate, make_grid, sampler
 from dbexp.tracking import log_image
 
@@ -33,6 +43,26 @@ class EvalConfig:
     every_n_steps: int = 100
     at_start: bool = True
     batch_size: int = 8
+    metrics: str = "auto"
+    dino_model: str = "facebook/dino-vits16"
+    clip_model: str = "openai/clip-vit-base-patch32"
+    prompt_set: str = "auto"
+    custom_prompts: list[str] = field(default_factory=list)
+    num_prompts: int | None = None
+    images_per_prompt: int = 4
+    pres_images: int = 8
+    guidance_scales: list[float] = field(default_factory=lambda: [7.5])
+    seed: int = 0
+    final: bool = True
+    metrics_every_n_steps: int = 0
+    subset_prompts: int = 4
+    subset_images_per_prompt: int = 2
+    score: dict[str, float] = field(default_factory=lambda: {"dino": 1.0, "clip_t": 1.0})
+
+
+METRIC_SUITES = ("dreambench", "tiny", "none")
+PROMPT_SETS = ("auto", "object", "live", "custom")
+SCORED = ("dino", "clip_i", "clip_t", "pres", "div")
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
@@ -45,6 +75,245 @@ def check_eval_config(cfg: EvalConfig) -> None:
     if cfg.batch_size < 1:
         raise UserInputError(f"eval.batch_size={cfg.batch_size}: must be >= 1")
     check_sampler(cfg.scheduler, "eval.scheduler")
+    if cfg.metrics not in (*METRIC_SUITES, "auto"):
+        raise UserInputError(f"eval.metrics={cfg.metrics}: use auto (the model's suite), {', '.join(METRIC_SUITES)}")
+    if cfg.prompt_set not in PROMPT_SETS:
+        raise UserInputError(f"eval.prompt_set={cfg.prompt_set}: use one of {', '.join(PROMPT_SETS)}")
+    if cfg.prompt_set == "custom" and not cfg.custom_prompts:
+        raise UserInputError("eval.prompt_set=custom needs eval.custom_prompts (templates with {token}, {class_noun})")
+    if cfg.images_per_prompt < 2 or cfg.subset_images_per_prompt < 2:
+        raise UserInputError(
+            "eval.images_per_prompt and eval.subset_images_per_prompt must be >= 2 (DIV compares pairs)"
+        )
+    if cfg.pres_images < 1 or not cfg.guidance_scales:
+        raise UserInputError("eval.pres_images must be >= 1 and eval.guidance_scales must hold a value")
+    unknown = set(cfg.score) - set(SCORED)
+    if unknown:
+        raise UserInputError(f"eval.score: unknown metric(s) {sorted(unknown)}; weights apply to {', '.join(SCORED)}")
+
+
+def metric_suite(cfg: EvalConfig, model_suite: str) -> str:
+    """``eval.metrics``, with ``auto`` meaning the suite that suits the model (``model.eval_metrics``)."""
+    return model_suite if cfg.metrics == "auto" else cfg.metrics
+
+
+def eval_metric_names(cfg: EvalConfig, suite: str) -> list[str]:
+    """What evaluation adds to a run's metrics (``optimized_metric`` may name any of them)."""
+    if suite == "none" or not (cfg.final or cfg.metrics_every_n_steps):
+        return []
+    return [f"eval/{name}" for name in (*SCORED, "score")]
+
+
+@dataclass
+class EvalPrompts:
+    """The prompts of one evaluation: with the identifier (generation), without it (CLIP-T), the bare class."""
+
+    prompts: list[str]
+    clip_prompts: list[str]
+    class_prompt: str
+
+
+def eval_prompts(cfg: EvalConfig, token: str, class_noun: str) -> EvalPrompts:
+    """The DreamBench set for the subject's class (objects vs live subjects), or ``eval.custom_prompts``."""
+    if cfg.prompt_set == "custom":
+        templates = list(cfg.custom_prompts)
+    else:
+        which = prompt_set_for(class_noun) if cfg.prompt_set == "auto" else cfg.prompt_set
+        templates = read_prompt_templates()[which]
+    templates = templates[: cfg.num_prompts] if cfg.num_prompts else templates
+    try:
+        prompts = [t.format(token=token, class_noun=class_noun) for t in templates]
+        bare = [" ".join(t.format(token="", class_noun=class_noun).split()) for t in templates]
+    except (KeyError, IndexError) as err:
+        raise UserInputError(f"eval prompts: unknown placeholder {err}; use {{token}} and {{class_noun}}") from None
+    return EvalPrompts(prompts=prompts, clip_prompts=bare, class_prompt=f"a {class_noun}")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # eval/dino, …, eval/score and the real-images reference real/dino, real/clip_i
+    rows: list[dict]  # per prompt
+    images: list[list[Image.Image]]  # per prompt
+    seconds: float
+
+
+#: Seed stream of the bare class prompt's images (prompt streams are 0, 1, …).
+PRES_STREAM = 1_000_000
+
+
+def eval_seed(seed: int, prompt_index: int, image_index: int) -> int:
+    return sample_seed(seed, prompt_index, image_index) % (2**31)
+
+
+def evaluate(
+    pipeline,
+    models: MetricModels,
+    real_images: list[Image.Image],
+    prompts: EvalPrompts,
+    cfg: EvalConfig,
+    guidance_scale: float,
+    resolution: int | None,
+    num_prompts: int | None = None,
+    images_per_prompt: int | None = None,
+    progress: str | None = None,
+) -> EvalResult:
+    """Generate (all prompts and the class prompt in shared batches), embed, score."""
+    started = time.perf_counter()
+    k = min(num_prompts or len(prompts.prompts), len(prompts.prompts))
+    n = images_per_prompt or cfg.images_per_prompt
+    jobs = [(p, prompts.prompts[p], eval_seed(cfg.seed, p, i)) for p in range(k) for i in range(n)]
+    jobs += [(PRES_STREAM, prompts.class_prompt, eval_seed(cfg.seed, PRES_STREAM, i)) for i in range(cfg.pres_images)]
+    images = generate(
+        pipeline,
+        [text for _, text, _ in jobs],
+        [seed for _, _, seed in jobs],
+        guidance_scale=guidance_scale,
+        num_inference_steps=cfg.num_inference_steps,
+        negative_prompt=cfg.negative_prompt,
+        resolution=resolution,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+    subject, class_images = images[: k * n], images[k * n :]
+    dino, dino_real = models.dino_embed(subject), models.dino_embed(real_images)
+    clip, clip_real = models.clip_image_embed(subject), models.clip_image_embed(real_images)
+    texts = models.clip_text_embed(prompts.clip_prompts[:k]).repeat_interleave(n, dim=0)
+    values = {
+        "dino": mean_pairwise_similarity(dino, dino_real),
+        "clip_i": mean_pairwise_similarity(clip, clip_real),
+        "clip_t": text_alignment(clip, texts),
+        "pres": mean_pairwise_similarity(models.dino_embed(class_images), dino_real),
+        "div": diversity([dino[p * n : (p + 1) * n] for p in range(k)]),
+    }
+    metrics = {f"eval/{name}": value for name, value in values.items()}
+    metrics["eval/score"] = sum(weight * values[name] for name, weight in cfg.score.items())
+    metrics["real/dino"] = real_reference(dino_real) if len(real_images) > 1 else float("nan")
+    metrics["real/clip_i"] = real_reference(clip_real) if len(real_images) > 1 else float("nan")
+    rows = []
+    for p in range(k):
+        part = slice(p * n, (p + 1) * n)
+        rows.append(
+            {
+                "prompt": prompts.prompts[p],
+                "dino": mean_pairwise_similarity(dino[part], dino_real),
+                "clip_i": mean_pairwise_similarity(clip[part], clip_real),
+                "clip_t": text_alignment(clip[part], texts[part]),
+                "div": 1.0 - within_set_similarity(dino[part]),
+            }
+        )
+    per_prompt = [subject[p * n : (p + 1) * n] for p in range(k)] + [class_images]
+    return EvalResult(metrics=metrics, rows=rows, images=per_prompt, seconds=time.perf_counter() - started)
+
+
+def eval_grid(result: EvalResult, prompts: EvalPrompts, max_rows: int = 25) -> Image.Image:
+    """Rows = prompts (and the bare class prompt last), columns = images, at most 256 px a cell."""
+    rows = result.images[:-1][:max_rows] + [result.images[-1]]
+    labels = [*prompts.prompts[: len(rows) - 1], prompts.class_prompt]
+    width = max(len(r) for r in rows)
+    cells = [row[i] if i < len(row) else Image.new("RGB", row[0].size, "white") for row in rows for i in range(width)]
+    cells = [c.resize((256, 256), Image.Resampling.LANCZOS) if max(c.size) > 256 else c for c in cells]
+    return make_grid(cells, columns=width, row_labels=labels)
+
+
+def evaluate_at_scales(
+    pipeline,
+    models: MetricModels,
+    real_images: list[Image.Image],
+    prompts: EvalPrompts,
+    cfg: EvalConfig,
+    resolution: int | None,
+    out_dir: str | Path,
+    loggers=(),
+    step: int = 0,
+) -> dict:
+    """The full evaluation at every ``eval.guidance_scales``: per-prompt CSV, one grid per scale,
+    metrics to the loggers; returns ``{"guidance_scales": {g: metrics}, "models": …, "seconds": …}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks, rows, seconds = {}, [], 0.0
+    for scale in cfg.guidance_scales:
+        result = evaluate(
+            pipeline, models, real_images, prompts, cfg, scale, resolution, progress=f"evaluation (guidance {scale:g})"
+        )
+        blocks[f"{scale:g}"] = result.metrics
+        rows += [{"guidance_scale": scale, **row} for row in result.rows]
+        seconds += result.seconds
+        grid = eval_grid(result, prompts)
+        grid.save(out / f"guidance_{scale:g}.png")
+        log_image(list(loggers), f"eval/guidance_{scale:g}", grid, step)
+        for logger in loggers:
+            logger.log_metrics({f"{k}@{scale:g}": v for k, v in result.metrics.items()}, step=step)
+    with open(out / "per_prompt.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {
+        "guidance_scales": blocks,
+        "models": models.description,
+        "seconds": seconds,
+        "prompts": len(prompts.prompts),
+        "images_per_prompt": cfg.images_per_prompt,
+    }
+
+
+def summary_table(evaluation: dict) -> str:
+    """The metrics per guidance scale as a text table (the real-images row is guidance-free)."""
+    names = ["dino", "clip_i", "clip_t", "pres", "div", "score"]
+    lines = [f"{'guidance':>8} " + " ".join(f"{n:>7}" for n in names)]
+    for scale, metrics in evaluation["guidance_scales"].items():
+        lines.append(f"{scale:>8} " + " ".join(f"{metrics[f'eval/{n}']:>7.3f}" for n in names))
+    first = next(iter(evaluation["guidance_scales"].values()))
+    lines.append(f"{'real':>8} {first['real/dino']:>7.3f} {first['real/clip_i']:>7.3f}")
+    lines.append(
+        f"(models: DINO {evaluation['models']['dino_model']}, CLIP {evaluation['models']['clip_model']}; "
+        f"{evaluation['seconds']:.1f} s)"
+    )
+    return "\n".join(lines)
+
+
+class EvalMetricsCallback(L.Callback):
+    """Every ``eval.metrics_every_n_steps``: the fast subset, logged as ``eval/*`` (checkpoints can keep the best)."""
+
+    def __init__(self, cfg: EvalConfig, load_models, real_images, prompts: EvalPrompts, resolution: int) -> None:
+        self.cfg, self.load_models, self.real_images = cfg, load_models, real_images
+        self.prompts, self.resolution = prompts, resolution
+        self._last_step: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every, step = self.cfg.metrics_every_n_steps, trainer.global_step
+        if not every or step % every or step == self._last_step or not trainer.is_global_zero:
+            return  # (with gradient accumulation, several micro-batches end at the same step)
+        self._last_step = step
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            pipeline = build_pipeline(
+                pl_module.vae,
+                pl_module.text_encoder,
+                pl_module.tokenizer,
+                pl_module.unet,
+                sampler(pl_module.inference_scheduler, self.cfg.scheduler),
+            )
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                result = evaluate(
+                    pipeline,
+                    self.load_models(),
+                    self.real_images,
+                    self.prompts,
+                    self.cfg,
+                    self.cfg.guidance_scales[0],
+                    self.resolution,
+                    self.cfg.subset_prompts,
+                    self.cfg.subset_images_per_prompt,
+                )
+        finally:
+            pl_module.train(was_training)
+        values = {k: v for k, v in result.metrics.items() if k.startswith("eval/")} | {"eval/seconds": result.seconds}
+        # Straight to the loggers, in the row of the step just taken (self.log would repeat the values
+        # on every later row), and into callback_metrics for checkpoint monitors and pruners.
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step - 1)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
 
 
 def sample_prompts(cfg: EvalConfig, token: str, class_noun: str | None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,8 +11,15 @@ from dbexp.model_loading import save_pipeline
 log = logging.getLogger(__name__)
 
 
+#: Written beside the diffusers files: what ``dbexp.evaluate`` needs to know about the model.
+METADATA = "dbexp.json"
+
+
 def export_pipeline(module, folder: str | Path) -> Path:
     """The module's current weights with the base model's sampler, replacing an earlier export."""
-    folder = save_pipeline(module.model_parts(), folder, replace=True)
+    metadata = {"base_model": module.model_cfg.name, "eval_metrics": module.model_cfg.eval_metrics}
+    folder = save_pipeline(
+        module.model_parts(), folder, replace=True, extra_files={METADATA: json.dumps(metadata, indent=2) + "\n"}
+    )
     log.info("pipeline exported to %s", folder)
     return folder

@@ -70,7 +70,7 @@ def load_pipeline(folder: str, device: str, dtype: str):
     if dtype not in DTYPES:
         raise UserInputError(f"dtype={dtype}: use auto, {', '.join(DTYPES)}")
     pipeline = StableDiffusionPipeline.from_pretrained(
-        path, torch_dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False, use_safetensors=True
+        path, dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False, use_safetensors=True
     )
     return pipeline.to(device)
 

@@ -56,6 +56,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     min_snr_gamma: float | None = None
     noise_offset: float = 0.0
+    eval_metrics: str = "dreambench"
     architecture: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,8 +121,8 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
     weights = {"variant": variant, "use_safetensors": True}
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32, **weights)
-    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32, **weights)
-    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32, **weights)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch.float32, **weights)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch.float32, **weights)
     scheduler_config = DDPMScheduler.load_config(folder, subfolder="scheduler")
     log.info("model: loaded %s", pretrained)
     return ModelParts(

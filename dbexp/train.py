@@ -11,13 +11,15 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
@@ -32,11 +34,26 @@ from dbexp.datamodule import (
 from dbexp.dreambooth_module import DreamBoothModule
 from dbexp.encoding_cache import cached_latents, cached_text_embeddings
 from dbexp.errors import UserInputError, exit_on_user_error, instantiate_checked
-from dbexp.evaluation import EvalConfig, SampleGridCallback, check_eval_config, sample_prompts
+from dbexp.evaluation import (
+    EvalConfig,
+    EvalMetricsCallback,
+    EvalPrompts,
+    SampleGridCallback,
+    check_eval_config,
+    eval_metric_names,
+    eval_prompts,
+    evaluate_at_scales,
+    metric_suite,
+    sample_prompts,
+    summary_table,
+)
 from dbexp.export import export_pipeline
+from dbexp.metric_models import load_metric_models
+from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
 from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
+from dbexp.sampling import build_pipeline, sampler
 from dbexp.tracking import open_loggers
 
 log = logging.getLogger("dbexp.train")
@@ -60,7 +77,7 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = 0
     ckpt_path: str | None = None
-    optimized_metric: str = "train/loss"
+    optimized_metric: Any = "train/loss"  # a metric name, or a list of names (multi-objective)
     export_pipeline: bool = True
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -86,6 +103,8 @@ class RunPlan:
     class_prompt: str | None
     class_photos: list | None  # prior.class_dir's images (else class images come from the cache)
     sample_prompts: list[str]
+    metric_suite: str  # dreambench | tiny | none
+    eval_prompts: EvalPrompts | None
     ckpt_path: str | None
 
 
@@ -100,18 +119,25 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     subject = resolve_subject(cfg.data)
     check_prior_config(cfg.prior, subject.class_noun)
     prior = cfg.prior.weight > 0
-    if cfg.optimized_metric not in DreamBoothModule.metric_names(prior):
-        raise UserInputError(
-            f"optimized_metric={cfg.optimized_metric}: this run does not log it; "
-            f"available: {', '.join(DreamBoothModule.metric_names(prior))}"
-        )
+    prompt = instance_prompt(cfg.data, subject.class_noun)
+    suite = metric_suite(cfg.eval, cfg.model.eval_metrics)
+    if suite != "none" and not subject.class_noun:
+        raise UserInputError("evaluation needs the subject's class: set data.class_noun=<noun> (or eval.metrics=none)")
+    available = DreamBoothModule.metric_names(prior) + eval_metric_names(cfg.eval, suite)
+    for name in _metric_list(cfg.optimized_metric):
+        if name not in available:
+            raise UserInputError(
+                f"optimized_metric={name}: this run does not log it; available: {', '.join(available)}"
+            )
     return RunPlan(
         run_dir=Path(cfg.paths.output_dir),
         instance_images=load_subject_images(subject),
-        instance_prompt=instance_prompt(cfg.data, subject.class_noun),
+        instance_prompt=prompt,
         class_prompt=class_prompt(cfg.prior, subject.class_noun) if prior else None,
         class_photos=load_class_dir(cfg.prior) if prior else None,
         sample_prompts=sample_prompts(cfg.eval, cfg.data.token, subject.class_noun),
+        metric_suite=suite,
+        eval_prompts=eval_prompts(cfg.eval, cfg.data.token, subject.class_noun) if suite != "none" else None,
         ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg, cfg.paths.runs_dir),
     )
 
@@ -124,15 +150,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, plan.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    metric_models = partial(
+        load_metric_models, plan.metric_suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir
+    )  # called with a device, loaded once per process
     with open_loggers(cfg.logger) as loggers:
-        callbacks = [
-            instantiate_checked(c, f"callbacks.{name}")
-            for name, c in (cfg.callbacks or {}).items()
-            if c is not None and "_target_" in c
-        ]
-        callbacks.append(
-            SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples")
-        )
+        callbacks = make_callbacks(cfg, plan, metric_models)
         trainer: L.Trainer = instantiate_checked(
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
         )
@@ -158,15 +180,32 @@ def run(cfg: DictConfig) -> dict[str, float]:
             text_embeddings=encoded.text_embeddings,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["step"] = trainer.global_step
+        if trainer.is_global_zero and plan.eval_prompts is not None and cfg.eval.final:
+            metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, trainer.global_step))
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics["step"] = trainer.global_step
     if trainer.is_global_zero:
         if cfg.export_pipeline:
             announce(f"pipeline: {export_pipeline(module, plan.run_dir / 'pipeline')}")
-        (plan.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        (plan.run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
         announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
     return metrics
+
+
+def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Callback]:
+    """The configured callbacks, the sample grids, and the in-training evaluation when asked for."""
+    callbacks = [
+        instantiate_checked(c, f"callbacks.{name}")
+        for name, c in (cfg.callbacks or {}).items()
+        if c is not None and "_target_" in c
+    ]
+    callbacks.append(SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples"))
+    if plan.eval_prompts is not None and cfg.eval.metrics_every_n_steps:
+        callbacks.append(
+            EvalMetricsCallback(cfg.eval, metric_models, plan.instance_images, plan.eval_prompts, cfg.data.resolution)
+        )
+    return callbacks
 
 
 @dataclass
@@ -199,16 +238,50 @@ def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None
     return encoded
 
 
-def objective(metrics: dict[str, float], name: str) -> float:
-    """The value a sweeper optimizes; a clear error when the run did not produce it."""
-    if name not in metrics:
-        raise UserInputError(
-            f"optimized_metric={name}: not in the run's metrics; available: {', '.join(sorted(metrics))}"
+def final_evaluation(cfg: DictConfig, plan: RunPlan, module, metric_models, loggers, step: int) -> dict[str, Any]:
+    """The full DreamBooth evaluation of the fine-tuned model: ``eval/*`` of the first guidance scale
+    (flat, for ``optimized_metric``) plus every scale under ``evaluation`` (also ``<run>/eval/``)."""
+    module.eval()
+    pipeline = build_pipeline(
+        module.vae,
+        module.text_encoder,
+        module.tokenizer,
+        module.unet,
+        sampler(module.inference_scheduler, cfg.eval.scheduler),
+    )
+    with torch.no_grad():
+        evaluation = evaluate_at_scales(
+            pipeline,
+            metric_models(),
+            plan.instance_images,
+            plan.eval_prompts,
+            cfg.eval,
+            cfg.data.resolution,
+            plan.run_dir / "eval",
+            loggers,
+            step,
         )
-    value = metrics[name]
-    if math.isnan(value):
-        log.warning("optimized_metric %s is NaN", name)
-    return value
+    release_metric_models()
+    announce(summary_table(evaluation))
+    first = next(iter(evaluation["guidance_scales"].values()))
+    return {**first, "evaluation": evaluation}
+
+
+def _metric_list(names: Any) -> list[str]:
+    return [str(n) for n in names] if isinstance(names, list | ListConfig | tuple) else [str(names)]
+
+
+def objective(metrics: dict[str, Any], names: Any) -> float | tuple[float, ...]:
+    """The value a sweeper optimizes (a tuple for a list of names); a clear error when one is missing."""
+    values = []
+    for name in _metric_list(names):
+        if name not in metrics:
+            available = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, int | float)))
+            raise UserInputError(f"optimized_metric={name}: not in the run's metrics; available: {available}")
+        if math.isnan(metrics[name]):
+            log.warning("optimized_metric %s is NaN", name)
+        values.append(float(metrics[name]))
+    return values[0] if not isinstance(names, list | ListConfig | tuple) else tuple(values)
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -22,7 +22,8 @@ def test_ls_and_du(filled, capsys):
     out = capsys.readouterr().out
     assert f"cache: {filled}" in out
     assert "class_images (1," in out and "2 × 'a photo of dog' @32px" in out
-    assert "models (1," in out and "latents (7," in out and "text (2," in out
+    assert "models (2," in out and "latents (7," in out and "text (2," in out
+    assert "SD-architecture model built from config" in out and "metric models built from config" in out
     main(["--cache-dir", str(filled), "du"])
     total = sum(p.stat().st_size for p in filled.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
     listed = sum(e.size for e in entries(filled))

@@ -1,0 +1,97 @@
+"""``python -m dbexp.evaluate pipeline=<dir> data.subject=dog eval.guidance_scales=[3,5,7.5,10]``.
+
+Generates the DreamBench prompt set with fixed seeds, scores it (DINO, CLIP-I, CLIP-T, PRES, DIV,
+and the real-images reference) and writes ``metrics.json`` (one block per guidance scale),
+``per_prompt.csv`` and one image grid per scale into this command's own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
+from dbexp.datamodule import DataConfig, check_data_config, load_subject_images, resolve_subject
+from dbexp.errors import UserInputError, exit_on_user_error
+from dbexp.evaluation import EvalConfig, check_eval_config, eval_prompts, evaluate_at_scales, summary_table
+from dbexp.export import METADATA
+from dbexp.generate import load_pipeline
+from dbexp.metric_models import load_metric_models
+from dbexp.sampling import sampler
+from dbexp.tracking import open_loggers
+from dbexp.train import PathsConfig
+
+
+@dataclass
+class EvaluateConfig:
+    """Schema of ``conf/evaluate.yaml``."""
+
+    task_name: str = "evaluate"
+    pipeline: str = MISSING
+    device: str = "auto"
+    dtype: str = "auto"
+    data: DataConfig = MISSING
+    eval: EvalConfig = MISSING
+    paths: PathsConfig = MISSING
+    logger: dict[str, Any] | None = field(default_factory=dict)
+
+
+ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def run(cfg: DictConfig) -> dict:
+    quiet_known_noise()
+    check_data_config(cfg.data)
+    check_eval_config(cfg.eval)
+    subject = resolve_subject(cfg.data)
+    if not subject.class_noun:
+        raise UserInputError("evaluation needs the subject's class: set data.class_noun=<noun>")
+    real_images = load_subject_images(subject)
+    prompts = eval_prompts(cfg.eval, cfg.data.token, subject.class_noun)
+    suite = _suite(cfg)
+    if suite == "none":
+        raise UserInputError("eval.metrics=none: nothing to evaluate; use dreambench (or tiny for test models)")
+    out = Path(cfg.paths.output_dir)
+    announce(f"evaluation dir: {out}")
+    pipeline = load_pipeline(cfg.pipeline, cfg.device, cfg.dtype)
+    pipeline.scheduler = sampler(pipeline.scheduler, cfg.eval.scheduler)
+    models = load_metric_models(suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir, pipeline.device)
+    with open_loggers(cfg.logger) as loggers:
+        evaluation = evaluate_at_scales(
+            pipeline, models, real_images, prompts, cfg.eval, cfg.data.resolution, out, loggers
+        )
+    evaluation |= {
+        "pipeline": str(Path(cfg.pipeline).expanduser().resolve()),
+        "subject": str(subject.instance_dir),
+        "class_noun": subject.class_noun,
+    }
+    (out / "metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")  # guidance scales in given order
+    announce(summary_table(evaluation))
+    announce(f"evaluation dir: {out} (metrics.json, per_prompt.csv, guidance_<g>.png)")
+    return evaluation
+
+
+def _suite(cfg: DictConfig) -> str:
+    """``eval.metrics``; ``auto`` is the suite the exported model names (``dreambench`` when it names none)."""
+    if cfg.eval.metrics != "auto":
+        return cfg.eval.metrics
+    metadata = Path(cfg.pipeline).expanduser() / METADATA
+    return json.loads(metadata.read_text()).get("eval_metrics", "dreambench") if metadata.is_file() else "dreambench"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        run(cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = expand_home_in_overrides(sys.argv)
+    sys.exit(main())
