@@ -118,13 +118,8 @@ def load_metric_models(
     """The suite's embedders, loaded once per process (sweeps and periodic evaluation reuse them)."""
     key = (suite, dino_model, clip_model, str(device))
     if key not in _LOADED:
-        if suite == "tiny":
-            dino_source, clip_source = (str(p) for p in build_tiny(cache_dir))
-            dino_key = clip_key = "eval.metrics=tiny"
-        else:
-            dino_source, clip_source, dino_key, clip_key = dino_model, clip_model, "eval.dino_model", "eval.clip_model"
-        dino_path = hub_or_folder(dino_source, dino_key, allow_patterns=["*.json", "*.safetensors", "*.txt"])
-        clip_path = hub_or_folder(clip_source, clip_key, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        dino_path, clip_path = metric_model_folders(suite, dino_model, clip_model, cache_dir)
+        dino_source, clip_source = (dino_model, clip_model) if suite != "tiny" else (dino_path, clip_path)
         device = torch.device(device)
         dino = ViTModel.from_pretrained(dino_path, add_pooling_layer=False, dtype=torch.float32).to(device).eval()
         clip = CLIPModel.from_pretrained(clip_path, dtype=torch.float32).to(device).eval()
@@ -147,6 +142,18 @@ def load_metric_models(
         )
         log.info("metric models: DINO %s, CLIP %s", dino_source, clip_source)
     return _LOADED[key]
+
+
+def metric_model_folders(suite: str, dino_model: str, clip_model: str, cache_dir: str | Path) -> tuple[Path, Path]:
+    """Local folders of the suite's DINO and CLIP (hub snapshots, the user's folders, or the built tiny
+    ones) — cheap, so runs call it before training: missing weights are one line, not a lost run."""
+    if suite == "tiny":
+        return build_tiny(cache_dir)
+    files = ["*.json", "*.safetensors", "*.txt"]
+    return (
+        hub_or_folder(dino_model, "eval.dino_model", allow_patterns=files),
+        hub_or_folder(clip_model, "eval.clip_model", allow_patterns=files),
+    )
 
 
 def release() -> None:

@@ -48,7 +48,7 @@ from dbexp.evaluation import (
     summary_table,
 )
 from dbexp.export import export_pipeline
-from dbexp.metric_models import load_metric_models
+from dbexp.metric_models import load_metric_models, metric_model_folders
 from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
@@ -150,6 +150,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, plan.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of training
+        metric_model_folders(plan.metric_suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir)
     metric_models = partial(
         load_metric_models, plan.metric_suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir
     )  # called with a device, loaded once per process

@@ -145,3 +145,13 @@ def test_expand_home_in_overrides(monkeypatch):
         "--multirun",
         "~key",
     ]
+
+
+def test_missing_metric_models_stop_the_run_before_training(tmp_path):
+    result = run_cli(
+        "dbexp.train", "eval.metrics=dreambench", f"paths.cache_dir={tmp_path / 'cache'}", *FAST, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    line = _one_error_line(result.stderr)
+    assert "eval.dino_model=facebook/dino-vits16: could not get it" in line and "set eval.dino_model=/path" in line
+    assert "Epoch 0" not in result.stderr  # no training happened
