@@ -62,11 +62,10 @@ def run(cfg: DictConfig) -> dict:
     announce(f"evaluation dir: {out}")
     pipeline = load_pipeline(cfg.pipeline, cfg.device, cfg.dtype)
     pipeline.scheduler = sampler(pipeline.scheduler, cfg.eval.scheduler)
-    models = load_metric_models(suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir, pipeline.device)
+    models = load_metric_models(suite, cfg.eval, cfg.paths.cache_dir, pipeline.device)
+    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # the model's own image size
     with open_loggers(cfg.logger) as loggers:
-        evaluation = evaluate_at_scales(
-            pipeline, models, real_images, prompts, cfg.eval, cfg.data.resolution, out, loggers
-        )
+        evaluation = evaluate_at_scales(pipeline, models, real_images, prompts, cfg.eval, native, out, loggers)
     evaluation |= {
         "pipeline": str(Path(cfg.pipeline).expanduser().resolve()),
         "subject": str(subject.instance_dir),

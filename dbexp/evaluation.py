@@ -45,7 +45,9 @@ class EvalConfig:
     batch_size: int = 8
     metrics: str = "auto"
     dino_model: str = "facebook/dino-vits16"
-    clip_model: str = "openai/clip-vit-base-patch32"
+    dino_revision: str | None = "refs/pr/1"
+    clip_model: str = "openai/clip-vit-large-patch14"
+    clip_revision: str | None = None
     prompt_set: str = "auto"
     custom_prompts: list[str] = field(default_factory=list)
     num_prompts: int | None = None

@@ -112,13 +112,12 @@ def _features(output) -> torch.Tensor:
 _LOADED: dict[tuple, MetricModels] = {}
 
 
-def load_metric_models(
-    suite: str, dino_model: str, clip_model: str, cache_dir: str | Path, device: torch.device | str = "cpu"
-) -> MetricModels:
-    """The suite's embedders, loaded once per process (sweeps and periodic evaluation reuse them)."""
-    key = (suite, dino_model, clip_model, str(device))
+def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torch.device | str = "cpu") -> MetricModels:
+    """The suite's embedders (``eval.dino_model``/``clip_model`` and revisions), loaded once per process."""
+    dino_model, clip_model = eval_cfg.dino_model, eval_cfg.clip_model
+    key = (suite, dino_model, eval_cfg.dino_revision, clip_model, eval_cfg.clip_revision, str(device))
     if key not in _LOADED:
-        dino_path, clip_path = metric_model_folders(suite, dino_model, clip_model, cache_dir)
+        dino_path, clip_path = metric_model_folders(suite, eval_cfg, cache_dir)
         dino_source, clip_source = (dino_model, clip_model) if suite != "tiny" else (dino_path, clip_path)
         device = torch.device(device)
         dino = ViTModel.from_pretrained(dino_path, add_pooling_layer=False, dtype=torch.float32).to(device).eval()
@@ -135,7 +134,9 @@ def load_metric_models(
             description={
                 "suite": suite,
                 "dino_model": dino_source if suite != "tiny" else "tiny (random, built from config)",
+                "dino_revision": eval_cfg.dino_revision if suite != "tiny" else None,
                 "clip_model": clip_source if suite != "tiny" else "tiny (random, built from config)",
+                "clip_revision": eval_cfg.clip_revision if suite != "tiny" else None,
                 "dino_preprocessing": _preprocessing(dino_processor),
                 "clip_preprocessing": _preprocessing(clip_processor),
             },
@@ -144,15 +145,15 @@ def load_metric_models(
     return _LOADED[key]
 
 
-def metric_model_folders(suite: str, dino_model: str, clip_model: str, cache_dir: str | Path) -> tuple[Path, Path]:
+def metric_model_folders(suite: str, eval_cfg, cache_dir: str | Path) -> tuple[Path, Path]:
     """Local folders of the suite's DINO and CLIP (hub snapshots, the user's folders, or the built tiny
-    ones) — cheap, so runs call it before training: missing weights are one line, not a lost run."""
+    ones) — cheap, so runs call it before the expensive work: missing weights are one line, not a lost run."""
     if suite == "tiny":
         return build_tiny(cache_dir)
-    files = ["*.json", "*.safetensors", "*.txt"]
+    files = ["*.json", "*.safetensors", "*.txt"]  # safetensors only: nothing is unpickled
     return (
-        hub_or_folder(dino_model, "eval.dino_model", allow_patterns=files),
-        hub_or_folder(clip_model, "eval.clip_model", allow_patterns=files),
+        hub_or_folder(eval_cfg.dino_model, "eval.dino_model", eval_cfg.dino_revision, files),
+        hub_or_folder(eval_cfg.clip_model, "eval.clip_model", eval_cfg.clip_revision, files),
     )
 
 

@@ -150,11 +150,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, plan.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of training
-        metric_model_folders(plan.metric_suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir)
-    metric_models = partial(
-        load_metric_models, plan.metric_suite, cfg.eval.dino_model, cfg.eval.clip_model, cfg.paths.cache_dir
-    )  # called with a device, loaded once per process
+    # Called with a device; the models load once per process.
+    metric_models = partial(load_metric_models, plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
     with open_loggers(cfg.logger) as loggers:
         callbacks = make_callbacks(cfg, plan, metric_models)
         trainer: L.Trainer = instantiate_checked(
@@ -162,6 +159,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
 
         parts = load_model(cfg.model, cfg.paths.cache_dir)
+        if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of work
+            metric_model_folders(plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
         prior_images = plan.class_photos
         if plan.class_prompt is not None and prior_images is None:
             prior_images = class_images(

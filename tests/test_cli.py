@@ -154,4 +154,4 @@ def test_missing_metric_models_stop_the_run_before_training(tmp_path):
     assert result.returncode == 2
     line = _one_error_line(result.stderr)
     assert "eval.dino_model=facebook/dino-vits16: could not get it" in line and "set eval.dino_model=/path" in line
-    assert "Epoch 0" not in result.stderr  # no training happened
+    assert "Epoch 0" not in result.stderr and "class images" not in result.stderr  # no expensive work began

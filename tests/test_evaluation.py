@@ -80,7 +80,7 @@ def test_pres_uses_the_bare_class_prompt_and_seeds_are_fixed(tmp_path, cache_dir
     assert (
         prompts.prompts[0] == "a sks backpack in the jungle" and prompts.clip_prompts[0] == "a backpack in the jungle"
     )
-    models = load_metric_models("tiny", "", "", cache_dir)
+    models = load_metric_models("tiny", cfg, cache_dir)
     from PIL import Image
 
     real = [Image.new("RGB", (32, 32), (20 * i, 80, 140)) for i in range(3)]

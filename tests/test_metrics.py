@@ -60,20 +60,22 @@ def test_dreambench_prompt_sets_substitute_token_and_class():
 def test_metric_models_load_offline_and_embed(tmp_path):
     from PIL import Image
 
+    from dbexp.evaluation import EvalConfig
     from dbexp.metric_models import load_metric_models
 
-    models = load_metric_models("tiny", "unused", "unused", tmp_path)
+    models = load_metric_models("tiny", EvalConfig(), tmp_path)
     images = [Image.new("RGB", (48, 40), (60 * i, 90, 30)) for i in range(3)]
     assert models.dino_embed(images).shape == (3, 32)
     assert models.clip_image_embed(images).shape == (3, 32)
     assert models.clip_text_embed(["a dog", "a dog on the beach"]).shape == (2, 32)
     assert models.description["clip_preprocessing"]["crop_size"] == {"height": 32, "width": 32}
-    assert load_metric_models("tiny", "unused", "unused", tmp_path) is models  # once per process
+    assert load_metric_models("tiny", EvalConfig(), tmp_path) is models  # once per process
 
 
 def test_missing_metric_weights_are_one_clear_line(tmp_path):
     from dbexp.errors import UserInputError
+    from dbexp.evaluation import EvalConfig
     from dbexp.metric_models import load_metric_models
 
     with pytest.raises(UserInputError, match=r"eval.dino_model=\./nowhere/dino: folder does not exist"):
-        load_metric_models("dreambench", "./nowhere/dino", "openai/clip-vit-base-patch32", tmp_path)
+        load_metric_models("dreambench", EvalConfig(dino_model="./nowhere/dino"), tmp_path)
