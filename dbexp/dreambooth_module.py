@@ -7,10 +7,13 @@ frozen ones come back from the base model on resume.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
+from diffusers import StableDiffusionPipeline
 
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
 from dbexp.encoding_cache import tokenize
@@ -18,6 +21,7 @@ from dbexp.errors import UserInputError
 from dbexp.losses import dreambooth_loss
 from dbexp.model_loading import ModelConfig, ModelParts
 from dbexp.optimization import OptimizerConfig, build_lr_scheduler, build_optimizer
+from dbexp.sampling import build_pipeline, sampler
 
 
 class DreamBoothModule(L.LightningModule):
@@ -72,6 +76,24 @@ class DreamBoothModule(L.LightningModule):
             inference_scheduler=self.inference_scheduler,
             source="fine-tuned",
         )
+
+    @contextlib.contextmanager
+    def sampling(self, sampler_name: str | None = None) -> Iterator[StableDiffusionPipeline]:
+        """A pipeline over the live modules (what the model has learnt so far), in eval mode and without
+        grad; the previous mode comes back afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield build_pipeline(
+                    self.vae,
+                    self.text_encoder,
+                    self.tokenizer,
+                    self.unet,
+                    sampler(self.inference_scheduler, sampler_name),
+                )
+        finally:
+            self.train(was_training)
 
     @staticmethod
     def metric_names(prior: bool) -> list[str]:

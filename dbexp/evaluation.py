@@ -24,7 +24,7 @@ from dbexp.dreambench import prompt_set_for, read_prompt_templates
 from dbexp.errors import UserInputError
 from dbexp.metric_models import MetricModels
 from dbexp.metrics import diversity, mean_pairwise_similarity, real_reference, text_alignment, within_set_similarity
-from dbexp.sampling import build_pipeline, check_sampler, generate, make_grid, sampler
+from dbexp.sampling import check_sampler, generate, make_grid
 from dbexp.tracking import log_image
 
 log = logging.getLogger(__name__)
@@ -286,30 +286,18 @@ class EvalMetricsCallback(L.Callback):
         if not every or step % every or step == self._last_step or not trainer.is_global_zero:
             return  # (with gradient accumulation, several micro-batches end at the same step)
         self._last_step = step
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            pipeline = build_pipeline(
-                pl_module.vae,
-                pl_module.text_encoder,
-                pl_module.tokenizer,
-                pl_module.unet,
-                sampler(pl_module.inference_scheduler, self.cfg.scheduler),
+        with pl_module.sampling(self.cfg.scheduler) as pipeline, trainer.precision_plugin.forward_context():
+            result = evaluate(
+                pipeline,
+                self.load_models(pl_module.device),
+                self.real_images,
+                self.prompts,
+                self.cfg,
+                self.cfg.guidance_scales[0],
+                self.resolution,
+                self.cfg.subset_prompts,
+                self.cfg.subset_images_per_prompt,
             )
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                result = evaluate(
-                    pipeline,
-                    self.load_models(),
-                    self.real_images,
-                    self.prompts,
-                    self.cfg,
-                    self.cfg.guidance_scales[0],
-                    self.resolution,
-                    self.cfg.subset_prompts,
-                    self.cfg.subset_images_per_prompt,
-                )
-        finally:
-            pl_module.train(was_training)
         values = {k: v for k, v in result.metrics.items() if k.startswith("eval/")} | {"eval/seconds": result.seconds}
         # Straight to the loggers, in the row of the step just taken (self.log would repeat the values
         # on every later row), and into callback_metrics for checkpoint monitors and pruners.
@@ -350,31 +338,19 @@ class SampleGridCallback(L.Callback):
         self._last_step = trainer.global_step
         if not trainer.is_global_zero:
             return None
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            pipeline = build_pipeline(
-                pl_module.vae,
-                pl_module.text_encoder,
-                pl_module.tokenizer,
-                pl_module.unet,
-                sampler(pl_module.inference_scheduler, self.cfg.scheduler),
+        prompts = [p for p in self.prompts for _ in self.cfg.seeds]
+        seeds = [s for _ in self.prompts for s in self.cfg.seeds]
+        with pl_module.sampling(self.cfg.scheduler) as pipeline, trainer.precision_plugin.forward_context():
+            images = generate(
+                pipeline,
+                prompts,
+                seeds,
+                guidance_scale=self.cfg.guidance_scale,
+                num_inference_steps=self.cfg.num_inference_steps,
+                negative_prompt=self.cfg.negative_prompt,
+                resolution=self.resolution,
+                batch_size=self.cfg.batch_size,
             )
-            prompts = [p for p in self.prompts for _ in self.cfg.seeds]
-            seeds = [s for _ in self.prompts for s in self.cfg.seeds]
-            with torch.no_grad(), trainer.precision_plugin.forward_context():
-                images = generate(
-                    pipeline,
-                    prompts,
-                    seeds,
-                    guidance_scale=self.cfg.guidance_scale,
-                    num_inference_steps=self.cfg.num_inference_steps,
-                    negative_prompt=self.cfg.negative_prompt,
-                    resolution=self.resolution,
-                    batch_size=self.cfg.batch_size,
-                )
-        finally:
-            pl_module.train(was_training)
         grid = make_grid(images, columns=len(self.cfg.seeds), row_labels=self.prompts)
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name}.png"

@@ -17,7 +17,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
@@ -53,7 +52,6 @@ from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
 from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
-from dbexp.sampling import build_pipeline, sampler
 from dbexp.tracking import open_loggers
 
 log = logging.getLogger("dbexp.train")
@@ -242,18 +240,10 @@ def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None
 def final_evaluation(cfg: DictConfig, plan: RunPlan, module, metric_models, loggers, step: int) -> dict[str, Any]:
     """The full DreamBooth evaluation of the fine-tuned model: ``eval/*`` of the first guidance scale
     (flat, for ``optimized_metric``) plus every scale under ``evaluation`` (also ``<run>/eval/``)."""
-    module.eval()
-    pipeline = build_pipeline(
-        module.vae,
-        module.text_encoder,
-        module.tokenizer,
-        module.unet,
-        sampler(module.inference_scheduler, cfg.eval.scheduler),
-    )
-    with torch.no_grad():
+    with module.sampling(cfg.eval.scheduler) as pipeline:
         evaluation = evaluate_at_scales(
             pipeline,
-            metric_models(),
+            metric_models(module.device),
             plan.instance_images,
             plan.eval_prompts,
             cfg.eval,
