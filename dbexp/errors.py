@@ -29,9 +29,20 @@ def instantiate_checked(node: Any, key: str, **kwargs: Any) -> Any:
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Turn a :class:`UserInputError` into ``dbexp: error: <message>`` on stderr and exit status 2."""
+    """Turn a :class:`UserInputError` into ``dbexp: error: <message>`` on stderr and exit status 2 —
+    except in a Hydra multirun, where it stays an exception so the sweeper fails that trial (with the
+    message as its reason) and goes on with the next."""
     try:
         yield
     except UserInputError as err:
         print(f"dbexp: error: {err}", file=sys.stderr, flush=True)
+        if _in_multirun():
+            raise
         raise SystemExit(USER_ERROR_EXIT) from None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

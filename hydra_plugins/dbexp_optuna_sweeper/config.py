@@ -1,0 +1,111 @@
+"""Config schemas of the sweeper, registered under ``hydra/sweeper`` (``dbexp_optuna``) and its samplers
+under ``hydra/sweeper/sampler`` with the names hydra-optuna-sweeper uses, so a sweep config written for
+that plugin runs after changing only ``override hydra/sweeper: optuna`` to ``dbexp_optuna``."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TPESamplerConfig:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = None
+    consider_prior: bool | None = None  # deprecated in Optuna 4.3; passed on only when set
+    prior_weight: float = 1.0
+    consider_magic_clip: bool = True
+    consider_endpoints: bool = False
+    n_startup_trials: int = 10
+    n_ei_candidates: int = 24
+    multivariate: bool = False
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class RandomSamplerConfig:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: int | None = None
+
+
+@dataclass
+class CmaEsSamplerConfig:
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    x0: dict[str, Any] | None = None
+    sigma0: float | None = None
+    seed: int | None = None
+    independent_sampler: Any | None = None
+    warn_independent_sampling: bool = True
+    consider_pruned_trials: bool = False
+    restart_strategy: Any | None = None
+    inc_popsize: int = 2
+    use_separable_cma: bool = False
+
+
+@dataclass
+class NSGAIISamplerConfig:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    population_size: int = 50
+    mutation_prob: float | None = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+    seed: int | None = None
+
+
+@dataclass
+class GridSamplerConfig:
+    """The grid is built from the sweep's ``params`` (choice/range values)."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    search_space: dict[str, Any] | None = None
+    seed: int | None = None
+
+
+@dataclass
+class QMCSamplerConfig:
+    _target_: str = "optuna.samplers.QMCSampler"
+    qmc_type: str = "sobol"
+    scramble: bool = False
+    seed: int | None = None
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class MedianPrunerConfig:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class DbexpOptunaSweeperConfig:
+    _target_: str = "hydra_plugins.dbexp_optuna_sweeper.sweeper.DbexpOptunaSweeper"
+    _recursive_: bool = False  # the sweeper builds the sampler itself (the grid needs the search space)
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING  # filled by the hydra/sweeper/sampler group (MISSING does not overwrite it)
+    direction: Any = "minimize"  # minimize | maximize | a list of them (multi-objective)
+    storage: Any = None  # sqlite:///…, journal:<file>, a database URL, or null (in memory)
+    study_name: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 2
+    max_failure_rate: float = 0.0
+    search_space: dict[str, Any] | None = None  # hydra-optuna-sweeper 1.1's name for params
+    params: dict[str, str] | None = None
+    custom_search_space: str | None = None  # "module.function(cfg, trial)" for conditional parameters
+    pruner: Any = None  # an optuna.pruners config with _target_, or null (no pruning)
+
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="dbexp_optuna", node=DbexpOptunaSweeperConfig, provider="dbexp")
+for name, node in {
+    "tpe": TPESamplerConfig,
+    "random": RandomSamplerConfig,
+    "cmaes": CmaEsSamplerConfig,
+    "nsgaii": NSGAIISamplerConfig,
+    "grid": GridSamplerConfig,
+    "qmc": QMCSamplerConfig,
+}.items():
+    store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="dbexp")
+store.store(group="hydra/sweeper/pruner", name="median", node=MedianPrunerConfig, provider="dbexp")

@@ -1,0 +1,259 @@
+"""A Hydra sweeper on Optuna ≥ 4, taking hydra-optuna-sweeper's config keys and ``params`` grammar.
+
+Every trial is one run of the task (``dbexp.train``): its return value is the objective (a float, or
+a tuple for several directions). The study lives in ``storage``, so running the same command again
+continues it up to ``n_trials`` in total, and several processes on one storage share it.
+A trial that raises, or returns NaN, is marked FAIL with its reason as a user attribute; the sweep
+goes on until the failure rate over the whole study exceeds ``max_failure_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+RESULTS = "optimization_results.yaml"
+
+
+def distribution(override: Override) -> BaseDistribution | None:
+    """The Optuna distribution of one sweep override (None for a fixed value)."""
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution([_plain(v) for v in value.list])
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(x, int) for x in (start, stop, step)):
+            # Hydra's range excludes stop, Optuna's includes high.
+            return IntDistribution(start, stop - step, step=step)
+        steps = math.floor((stop - start) / step - 1e-9)
+        return FloatDistribution(start, start + steps * step, step=step)
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ValueError(f"{override.input_line}: use choice, range, interval, int(interval) or tag(log, interval)")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def grid_values(dist: BaseDistribution) -> list[Any]:
+    """The values a grid sampler walks for one parameter."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if getattr(dist, "step", None):
+        count = round((dist.high - dist.low) / dist.step) + 1
+        return [dist.low + i * dist.step for i in range(count)]
+    raise ValueError("the grid sampler needs choice(...) or range(...) parameters, not intervals")
+
+
+def open_storage(storage: Any) -> Any:
+    """``None`` (in memory), ``journal:<file>`` (Optuna's journal file), or a database URL."""
+    if storage is None:
+        return None
+    url = str(storage)
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trials that use up one of ``n_trials`` (a trial abandoned by a dead worker does not)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("abandoned", False)
+
+
+class DbexpOptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        sampler: Any,
+        direction: Any,
+        storage: Any,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        search_space: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        custom_search_space: str | None = None,
+        pruner: Any = None,
+    ) -> None:
+        self.sampler_cfg, self.pruner_cfg = sampler, pruner
+        self.directions = (
+            [str(d) for d in direction]
+            if isinstance(direction, Sequence | ListConfig) and not isinstance(direction, str)
+            else [str(direction)]
+        )
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
+        self.params = {**(search_space or {}), **(params or {})}
+        self.custom_search_space = custom_search_space
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    # --- the search space ---------------------------------------------------------------------------
+    def search_space(self, arguments: list[str]) -> tuple[list[str], dict[str, BaseDistribution]]:
+        """Fixed overrides and distributions: ``params`` from the config, then sweeps on the command line."""
+        parser = OverridesParser.create()
+        lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
+        fixed: dict[str, str] = {}
+        space: dict[str, BaseDistribution] = {}
+        for override in parser.parse_overrides(lines):
+            key = override.get_key_element()
+            dist = distribution(override)
+            if dist is None:
+                fixed[key] = override.input_line
+                space.pop(key, None)
+            else:
+                space[key] = dist
+                fixed.pop(key, None)
+        return list(fixed.values()), space
+
+    def make_sampler(self, space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+        if self.sampler_cfg is None:
+            return optuna.samplers.TPESampler()
+        # Unset (null) keys keep Optuna's own defaults (and do not trip its deprecation warnings).
+        given = {k: v for k, v in OmegaConf.to_container(self.sampler_cfg).items() if v is not None}
+        if given["_target_"].endswith("GridSampler"):
+            given["search_space"] = {name: grid_values(dist) for name, dist in space.items()}
+        return instantiate(given)
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> None:
+        fixed, space = self.search_space(arguments)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=open_storage(self.storage),
+            sampler=self.make_sampler(space),
+            pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        log.info(
+            "study %s: %d of %d trials done, storage %s",
+            study.study_name,
+            sum(counted(t) for t in study.trials),
+            self.n_trials,
+            self.storage or "in memory",
+        )
+        custom = get_method(self.custom_search_space) if self.custom_search_space else None
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            remaining = self.n_trials - sum(counted(t) for t in trials) - running
+            if remaining <= 0:
+                break
+            batch = []
+            for _ in range(min(self.n_jobs, remaining)):
+                trial = study.ask(fixed_distributions=space)
+                if custom is not None:
+                    custom(self.config, trial)
+                overrides = [*fixed, *(f"{name}={_override_value(v)}" for name, v in trial.params.items())]
+                batch.append((trial, tuple(overrides)))
+            returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+            self.job_idx += len(batch)
+            for (trial, _), result in zip(batch, returns, strict=True):
+                self.tell(study, trial, result)
+            self.check_failure_rate(study)
+        self.write_results(study)
+
+    def tell(self, study: optuna.Study, trial: optuna.Trial, result) -> None:
+        try:
+            value = result.return_value  # raises the trial's exception
+            values = [float(v) for v in value] if isinstance(value, Sequence) else [float(value)]
+            if len(values) != len(self.directions):
+                raise ValueError(f"the task returned {len(values)} value(s) for {len(self.directions)} direction(s)")
+            if any(math.isnan(v) for v in values):
+                raise ValueError("the objective is NaN")
+        except optuna.TrialPruned:
+            _tell(study, trial, state=TrialState.PRUNED)
+            return
+        except Exception as err:  # a failed trial is recorded; the sweep goes on
+            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
+            _tell(study, trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            return
+        _tell(study, trial, values if len(values) > 1 else values[0])
+
+    def check_failure_rate(self, study: optuna.Study) -> None:
+        finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+        failed = sum(t.state == TrialState.FAIL for t in finished)
+        if finished and failed / len(finished) > self.max_failure_rate:
+            self.write_results(study)
+            raise RuntimeError(
+                f"{failed} of {len(finished)} trials failed, more than max_failure_rate={self.max_failure_rate}; "
+                f"reasons are in the study's user attributes (fail_reason)"
+            )
+
+    def write_results(self, study: optuna.Study) -> None:
+        """Best parameters (one objective) or the Pareto front (several) into the sweep folder."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        summary: dict[str, Any] = {
+            "name": "dbexp_optuna",
+            "study_name": study.study_name,
+            "directions": self.directions,
+            "trials": {s.name: sum(t.state == s for t in study.trials) for s in TrialState},
+        }
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        if complete and len(self.directions) == 1:
+            summary |= {
+                "best_params": study.best_trial.params,
+                "best_value": study.best_value,
+                "best_trial": study.best_trial.number,
+            }
+        elif complete:
+            summary["pareto_front"] = [
+                {"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials
+            ]
+        OmegaConf.save(OmegaConf.create(summary), self.sweep_dir / RESULTS)
+        log.info("sweep results: %s", self.sweep_dir / RESULTS)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, *args: Any, **kwargs: Any) -> None:
+    """``study.tell`` as if inside ``study.optimize``: the grid sampler calls ``study.stop()`` once its grid
+    is used up, which Optuna only allows there (outside, it raises before the result is stored)."""
+    local = study._thread_local
+    local.in_optimize_loop = True
+    try:
+        study.tell(trial, *args, **kwargs)
+    finally:
+        local.in_optimize_loop = False
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value.replace(".", "").replace("_", "").replace("-", "").isalnum() else f"'{value}'"
+    return repr(value) if isinstance(value, float) else str(value)
