@@ -158,6 +158,14 @@ class DreamBoothModule(L.LightningModule):
             min_snr_gamma=self.model_cfg.min_snr_gamma,
             prediction_type=self.prediction_type,
         )
+        if not torch.isfinite(loss.total):
+            # Stop at the step it happens (a sweep marks the trial FAIL with this reason), not after
+            # hours of NaN steps. One host sync per step; logging syncs as often.
+            raise FloatingPointError(
+                f"training loss is {loss.total.item()} at step {self.global_step} "
+                f"(instance {loss.instance.item()}, prior {None if loss.prior is None else loss.prior.item()}); "
+                "lower optimizer.lr or enable gradient clipping (trainer.gradient_clip_val)"
+            )
         self.log("train/loss", loss.total, prog_bar=True)
         self.log("train/loss_instance", loss.instance)
         if loss.prior is not None:

@@ -197,3 +197,28 @@ def test_the_quick_cpu_preset_runs(tmp_path, cache_dir):
         next((tmp_path / "outputs" / "sweep_quick_cpu").glob("multiruns/*/optimization_results.yaml"))
     )
     assert results.trials.COMPLETE == 2 and results.directions == ["maximize"]
+
+
+@pytest.mark.slow
+def test_an_absurd_learning_rate_fails_its_trial_while_the_sweep_completes(tmp_path, cache_dir):
+    result = run_cli(
+        "dbexp.train",
+        "--multirun",
+        *FAST,
+        f"paths.cache_dir={cache_dir}",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
+        "hydra.sweeper.study_name=absurd",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "hydra/sweeper/sampler=grid",
+        "optimizer=sgd",
+        "trainer.gradient_clip_val=null",
+        "trainer.max_steps=20",
+        "optimizer.lr=choice(1e12, 1e-4)",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = {t.params["optimizer.lr"]: t for t in _study(tmp_path, "absurd").trials}
+    assert trials[1e-4].state == optuna.trial.TrialState.COMPLETE
+    assert trials[1e12].state == optuna.trial.TrialState.FAIL
+    assert trials[1e12].user_attrs["fail_reason"].startswith("FloatingPointError: training loss is nan at step")

@@ -201,3 +201,11 @@ def test_loggers_are_closed_as_failed_when_the_run_crashes(make_cfg):
     # CSVLogger buffers rows until it is saved (every 100 steps, or when finalized): rows here mean it was closed.
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
     assert [r["step"] for r in rows] == ["0"]  # step 1 crashed before its row was logged
+
+
+def test_a_nan_loss_stops_training_at_the_step_it_appears(make_cfg):
+    cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e12", "trainer.gradient_clip_val=null", "trainer.max_steps=50")
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step \d+ .*lower optimizer.lr"):
+        run(cfg)
+    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
+    assert len(rows) < 5  # stopped within a few steps, not after 50
