@@ -179,16 +179,31 @@ class DbexpOptunaSweeper(Sweeper):
             batch = []
             for _ in range(min(self.n_jobs, remaining)):
                 trial = study.ask(fixed_distributions=space)
+                if self.over_budget(study, trial):
+                    continue
                 if custom is not None:
                     custom(self.config, trial)
                 overrides = [*fixed, *(f"{name}={_override_value(v)}" for name, v in trial.params.items())]
                 batch.append((trial, tuple(overrides)))
+            if not batch:
+                continue  # other workers took the remaining slots; they finish them
             returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
             self.job_idx += len(batch)
             for (trial, _), result in zip(batch, returns, strict=True):
                 self.tell(study, trial, result)
             self.check_failure_rate(study)
         self.write_results(study)
+
+    def over_budget(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """Workers sharing a storage may ask at the same moment: a trial numbered past ``n_trials`` among
+        the trials that count (or run) gives its slot back — FAIL, marked ``abandoned``, not counted."""
+        live = sorted(t.number for t in study.get_trials(deepcopy=False) if counted(t) or t.state == TrialState.RUNNING)
+        if trial.number not in live[: self.n_trials]:
+            trial.set_user_attr("abandoned", True)
+            trial.set_user_attr("fail_reason", "another worker took the last slot of n_trials")
+            _tell(study, trial, state=TrialState.FAIL)
+            return True
+        return False
 
     def tell(self, study: optuna.Study, trial: optuna.Trial, result) -> None:
         try:
