@@ -9,6 +9,7 @@ goes on until the failure rate over the whole study exceeds ``max_failure_rate``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
@@ -80,7 +82,20 @@ def open_storage(storage: Any) -> Any:
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return url
+        # Workers on one machine share the file: wait for a writer's lock instead of failing at once.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    return optuna.storages.RDBStorage(url)
+
+
+def setup_lock(storage: Any) -> Any:
+    """A file lock around creating a sqlite storage and its study: two workers starting together would
+    otherwise both create the schema (Optuna's RDB set-up is not safe against that)."""
+    url = str(storage or "")
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(f"{path}.lock")
+    return contextlib.nullcontext()
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -154,14 +169,15 @@ class DbexpOptunaSweeper(Sweeper):
     # --- the loop -----------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
         fixed, space = self.search_space(arguments)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=open_storage(self.storage),
-            sampler=self.make_sampler(space),
-            pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
-            directions=self.directions,
-            load_if_exists=True,
-        )
+        with setup_lock(self.storage):
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=open_storage(self.storage),
+                sampler=self.make_sampler(space),
+                pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
+                directions=self.directions,
+                load_if_exists=True,
+            )
         log.info(
             "study %s: %d of %d trials done, storage %s",
             study.study_name,
