@@ -41,15 +41,14 @@ def image_digest(image: Image.Image) -> str:
 
 
 def latent_key(vae_identity: str, image: Image.Image, resolution: int, flips: bool) -> str:
-    fields = {
-        "format": LATENT_FORMAT,
-        "vae": vae_identity,
-        "image": image_digest(image),
-        "resolution": resolution,
-        "crop": "center",
-        "flips": flips,
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+    return content_key(
+        format=LATENT_FORMAT,
+        vae=vae_identity,
+        image=image_digest(image),
+        resolution=resolution,
+        crop="center",
+        flips=flips,
+    )
 
 
 @torch.no_grad()
@@ -105,24 +104,25 @@ def cached_text_embeddings(
     """The text encoder's last hidden state for each prompt, ``(1, tokens, width)``, from the cache when there."""
     folder = Path(cache_dir).expanduser().resolve() / "text"
     folder.mkdir(parents=True, exist_ok=True)
-    embeddings = []
-    for prompt in prompts:
-        fields = {
-            "text_encoder": identity["text_encoder"],
-            "tokenizer": identity["tokenizer"],
-            "prompt": prompt,
-            "max_length": tokenizer.model_max_length,
-        }
-        path = folder / f"{hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]}.safetensors"
-        if not path.is_file():
-            ids = tokenize(tokenizer, prompt)
-            te_device = next(text_encoder.parameters()).device
-            text_encoder.to(device)
-            states = text_encoder(ids.to(device))[0].float().cpu()
+    te, tok, length = identity["text_encoder"], identity["tokenizer"], tokenizer.model_max_length
+    keys = [content_key(text_encoder=te, tokenizer=tok, prompt=p, max_length=length) for p in prompts]
+    paths = [folder / f"{key}.safetensors" for key in keys]
+    missing = [i for i, path in enumerate(paths) if not path.is_file()]
+    if missing:
+        te_device = next(text_encoder.parameters()).device
+        text_encoder.to(device)  # once for all misses
+        try:
+            for i in missing:
+                states = text_encoder(tokenize(tokenizer, prompts[i]).to(device))[0].float().cpu()
+                _save_atomic({"states": states.contiguous()}, paths[i])
+        finally:
             text_encoder.to(te_device)
-            _save_atomic({"states": states.contiguous()}, path)
-        embeddings.append(_load_touched(path)["states"])
-    return embeddings
+    return [_load_touched(path)["states"] for path in paths]
+
+
+def content_key(**fields) -> str:
+    """A cache entry's name: the hash of the fields that determine its content."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def tokenize(tokenizer, prompt: str) -> torch.Tensor:

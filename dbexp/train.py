@@ -218,15 +218,18 @@ def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None
     """VAE latents and text embeddings from the shared cache, where caching them is valid."""
     encoded = Encoded()
     if cfg.data.cache_latents and cfg.data.center_crop:
-        args = (parts.vae, parts.identity["vae"])
-        kwargs = {
-            "resolution": cfg.data.resolution,
-            "flips": cfg.data.random_flip,
-            "cache_dir": cfg.paths.cache_dir,
-            "device": device,
-        }
-        encoded.instance_latents = cached_latents(*args, plan.instance_images, **kwargs)
-        encoded.class_latents = cached_latents(*args, class_images, **kwargs) if class_images else None
+        images = plan.instance_images + (class_images or [])  # one pass: the VAE moves to the device once
+        latents = cached_latents(
+            parts.vae,
+            parts.identity["vae"],
+            images,
+            cfg.data.resolution,
+            cfg.data.random_flip,
+            cfg.paths.cache_dir,
+            device,
+        )
+        n = len(plan.instance_images)
+        encoded.instance_latents, encoded.class_latents = latents[:n], (latents[n:] if class_images else None)
     elif cfg.data.cache_latents:
         log.info("latent cache off: random crops (data.center_crop=false) differ every step")
     if cfg.data.cache_text_embeddings and not cfg.model.train_text_encoder:
@@ -258,8 +261,12 @@ def final_evaluation(cfg: DictConfig, plan: RunPlan, module, metric_models, logg
     return {**first, "evaluation": evaluation}
 
 
+def _is_list(names: Any) -> bool:
+    return isinstance(names, list | ListConfig | tuple)
+
+
 def _metric_list(names: Any) -> list[str]:
-    return [str(n) for n in names] if isinstance(names, list | ListConfig | tuple) else [str(names)]
+    return [str(n) for n in names] if _is_list(names) else [str(names)]
 
 
 def objective(metrics: dict[str, Any], names: Any) -> float | tuple[float, ...]:
@@ -272,7 +279,7 @@ def objective(metrics: dict[str, Any], names: Any) -> float | tuple[float, ...]:
         if math.isnan(metrics[name]):
             log.warning("optimized_metric %s is NaN", name)
         values.append(float(metrics[name]))
-    return values[0] if not isinstance(names, list | ListConfig | tuple) else tuple(values)
+    return tuple(values) if _is_list(names) else values[0]
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:
