@@ -26,8 +26,8 @@ test-fast: $(STAMP)  ## the suite without slow-marked tests
 	$(PY) -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(PY) -m ruff check dbexp tests
-	$(PY) -m ruff format --check dbexp tests
+	$(PY) -m ruff check dbexp hydra_plugins tests
+	$(PY) -m ruff format --check dbexp hydra_plugins tests
 
 clean:  ## build and test leftovers (runs in outputs/ and .venv are kept)
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

@@ -1,10 +1,13 @@
-"""``python -m dbexp.bench prior|cache [overrides]``: speed of the caches, as tables (benchmarks, not tests).
+"""``python -m dbexp.bench prior|cache|reuse [overrides]``: speed of the caches, as tables (benchmarks, not tests).
 
 * ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
   cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
 * ``cache``: median training-step time with the latent and text-embedding caches ÷ without
   (goal ≤ 0.7), measured in full Lightning runs, alternating the two settings; plus the same
   ratio from counted FLOPs (``--flops-only``: just that, for any model, e.g. ``model=sd15``).
+* ``reuse``: a sweep trial that differs from a finished one in guidance only (it reuses the trained
+  weights and samples + evaluates) ÷ a trial that trains (goal ≤ 0.1). Both are whole runs after a
+  warm-up run has filled the caches a sweep's later trials find (model, class images, metric models).
 
 Overrides are the training config's (default ``model=tiny``), e.g. ``prior.num_class_images=200``.
 """
@@ -159,6 +162,36 @@ def counted_flops(model_cfg, resolution: int) -> dict[str, float]:
     return counted
 
 
+def bench_reuse(root: Path, overrides: list[str]) -> dict:
+    from dbexp.train import run
+
+    cache = f"paths.cache_dir={root / 'cache'}"
+    settings = {
+        "warm-up (fills the caches)": ["seed=1"],
+        "trains (new training config)": ["seed=2"],
+        "guidance only (reuses weights)": ["seed=2", "eval.guidance_scale=3"],
+    }
+    rows = []
+    for i, (label, extra) in enumerate(settings.items()):
+        cfg = compose_config(root, f"trial_{i}", [cache, "reuse_trained=true", *overrides, *extra])
+        start = time.perf_counter()
+        metrics = run(cfg)
+        evaluation = metrics.get("evaluation", {}).get("seconds", 0.0)
+        rows.append((label, int(metrics["train/steps_run"]), time.perf_counter() - start, evaluation))
+    ratio = rows[2][2] / rows[1][2]
+    print(
+        f"\ndbexp bench reuse — model={cfg.model.name}, {cfg.trainer.max_steps} steps, "
+        f"evaluation {cfg.eval.metrics}: {_device()}"
+    )
+    print(f"{'trial':<32} {'steps run':>9} {'seconds':>9} {'of which evaluation':>20}")
+    for label, steps, seconds, evaluation in rows:
+        print(f"{label:<32} {steps:>9} {seconds:>9.2f} {evaluation:>20.2f}")
+    print(f"guidance-only trial ÷ training trial: {ratio:.3f} (goal ≤ 0.1)")
+    beside = (rows[2][2] - rows[2][3]) / rows[1][2]
+    print(f"guidance-only trial without its evaluation ÷ training trial: {beside:.3f}")
+    return {"train_seconds": rows[1][2], "reuse_seconds": rows[2][2], "ratio": ratio, "ratio_beside_eval": beside}
+
+
 def print_flops(model_cfg, resolution: int) -> float:
     flops = counted_flops(model_cfg, resolution)
     uncached = flops["vae_encode"] + flops["text_encoder"] + 3 * flops["unet_forward"]  # UNet: forward + backward
@@ -178,7 +211,7 @@ def _device() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prior", "cache"])
+    ap.add_argument("what", choices=["prior", "cache", "reuse"])
     ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
     ap.add_argument("--steps", type=int, default=100, help="cache: timed steps per run")
     ap.add_argument("--rounds", type=int, default=2, help="cache: alternating rounds of both settings")
@@ -190,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         if args.what == "prior":
             numbers = bench_prior(root, args.overrides)
+        elif args.what == "reuse":
+            numbers = bench_reuse(root, args.overrides)
         elif args.flops_only:
             cfg = compose_config(root, "flops", args.overrides)
             numbers = {"counted_ratio": print_flops(cfg.model, cfg.data.resolution)}

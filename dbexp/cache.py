@@ -21,7 +21,7 @@ from filelock import FileLock
 from dbexp.console import announce
 from dbexp.errors import UserInputError, exit_on_user_error
 
-KINDS = ("models", "class_images", "latents", "text")
+KINDS = ("models", "class_images", "latents", "text", "trained")
 
 
 @dataclass
@@ -91,6 +91,9 @@ def _detail(kind: str, path: Path) -> str:
             f"{manifest['count']} × {fields['class_prompt']!r} @{fields['resolution']}px, "
             f"{fields['num_inference_steps']} steps, cfg {fields['guidance_scale']}, seed {fields['seed']}"
         )
+    if kind == "trained" and (path / "manifest.json").is_file():
+        manifest = json.loads((path / "manifest.json").read_text())
+        return f"{manifest['metrics'].get('step', '?')} steps, from {manifest.get('source_run')}"
     if kind == "models":
         if (path / "dbexp_architecture.json").is_file():
             return "SD-architecture model built from config (model.pretrained=null)"
@@ -115,7 +118,7 @@ def cmd_ls(root: Path, args) -> None:
         if not group:
             continue
         print(f"{kind} ({len(group)}, {human(sum(e.size for e in group))})")
-        shown = group if (args.all or kind in ("models", "class_images")) else []
+        shown = group if (args.all or kind in ("models", "class_images", "trained")) else []
         for e in shown:
             used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
             print(f"  {e.key:<26} {human(e.size):>9}  used {used}  {e.detail}")
@@ -163,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m dbexp.cache", description=__doc__.splitlines()[0])
     ap.add_argument("--cache-dir", type=Path, help="cache root (default: paths.cache_dir of a run)")
     sub = ap.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("ls", help="list entries (class-image sets and built models; --all: every file)")
+    ls = sub.add_parser("ls", help="list entries (built models, class-image sets, trained weights; --all: every file)")
     ls.add_argument("--kind", choices=KINDS)
     ls.add_argument("--all", action="store_true")
     sub.add_parser("du", help="sizes per kind")

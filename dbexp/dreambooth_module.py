@@ -64,6 +64,7 @@ class DreamBoothModule(L.LightningModule):
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
         # Frozen weights are not in the checkpoint, so loading it is not strict about them.
         self.strict_loading = False
+        self.start_step = 0  # the step training started from in this process (> 0 when resumed)
 
     def model_parts(self) -> ModelParts:
         """The current (fine-tuned) model as the parts a pipeline is made of."""
@@ -113,6 +114,9 @@ class DreamBoothModule(L.LightningModule):
         # from_pretrained returns modules in eval mode and Lightning keeps modes as it finds them:
         # set them here, or a resumed run (which draws no step-0 samples) would train in eval mode.
         self.train()
+
+    def on_train_start(self) -> None:
+        self.start_step = self.trainer.global_step  # after a resumed checkpoint is restored
 
     def trained_prefixes(self) -> tuple[str, ...]:
         return ("unet.", "text_encoder.") if self.train_text_encoder else ("unet.",)

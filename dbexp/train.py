@@ -20,6 +20,7 @@ import lightning as L
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from dbexp import trained_cache
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
 from dbexp.datamodule import (
@@ -52,7 +53,10 @@ from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
 from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
+from dbexp.pruning import PruningCallback
 from dbexp.tracking import open_loggers
+from dbexp.trained_cache import training_key
+from hydra_plugins.dbexp_optuna_sweeper.trial import pruning_trial
 
 log = logging.getLogger("dbexp.train")
 
@@ -77,6 +81,7 @@ class TrainConfig:
     ckpt_path: str | None = None
     optimized_metric: Any = "train/loss"  # a metric name, or a list of names (multi-objective)
     export_pipeline: bool = True
+    reuse_trained: bool | None = None  # null: in sweeps only (dbexp.trained_cache)
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     prior: PriorConfig = MISSING
@@ -159,37 +164,70 @@ def run(cfg: DictConfig) -> dict[str, float]:
         parts = load_model(cfg.model, cfg.paths.cache_dir)
         if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of work
             metric_model_folders(plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
-        prior_images = plan.class_photos
-        if plan.class_prompt is not None and prior_images is None:
-            prior_images = class_images(
-                cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir
-            ).images
-        encoded = encode_once(cfg, parts, plan, prior_images, trainer.strategy.root_device)
-        datamodule = DreamBoothDataModule(
-            cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
-        )
-        module = DreamBoothModule(
-            parts,
-            cfg.model,
-            cfg.optimizer,
-            plan.instance_prompt,
-            plan.class_prompt,
-            cfg.prior.weight,
-            cfg.seed,
-            text_embeddings=encoded.text_embeddings,
-        )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
-        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics["step"] = trainer.global_step
-        if trainer.is_global_zero and plan.eval_prompts is not None and cfg.eval.final:
-            metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, trainer.global_step))
+        key = training_key(cfg, parts.identity, plan.instance_images, plan.class_photos)
+        reusable = trained_cache.find(cfg.paths.cache_dir, key) if trained_cache.enabled(cfg) else None
+        if reusable is not None:
+            module, metrics = reuse_trained(cfg, plan, parts, trainer, reusable)
+        else:
+            module, metrics = fit(cfg, plan, parts, trainer)
+        pruned = next((c for c in callbacks if isinstance(c, PruningCallback) and c.pruned_at is not None), None)
+        if pruned is not None:
+            metrics["pruned_at_step"] = pruned.pruned_at
+        if reusable is None and pruned is None and trained_cache.enabled(cfg) and trainer.is_global_zero:
+            trained_cache.store(cfg.paths.cache_dir, key, module, metrics, plan.run_dir)
+        if pruned is None and trainer.is_global_zero and plan.eval_prompts is not None and cfg.eval.final:
+            metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, int(metrics["step"])))
 
     if trainer.is_global_zero:
-        if cfg.export_pipeline:
+        if cfg.export_pipeline and pruned is None:
             announce(f"pipeline: {export_pipeline(module, plan.run_dir / 'pipeline')}")
         (plan.run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
         announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
+    if pruned is not None:
+        raise pruned.error()
     return metrics
+
+
+def fit(cfg: DictConfig, plan: RunPlan, parts, trainer: L.Trainer) -> tuple[DreamBoothModule, dict[str, Any]]:
+    """Class images, cached encodings, data, module — and training; the metrics at its end."""
+    prior_images = plan.class_photos
+    if plan.class_prompt is not None and prior_images is None:
+        prior_images = class_images(
+            cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir
+        ).images
+    encoded = encode_once(cfg, parts, plan, prior_images, trainer.strategy.root_device)
+    datamodule = DreamBoothDataModule(
+        cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
+    )
+    module = make_module(cfg, plan, parts, encoded.text_embeddings)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics |= {"step": trainer.global_step, "train/steps_run": trainer.global_step - module.start_step}
+    return module, metrics
+
+
+def reuse_trained(cfg: DictConfig, plan: RunPlan, parts, trainer: L.Trainer, entry) -> tuple[DreamBoothModule, dict]:
+    """The weights a finished run with the same training config left in the cache: no training step runs."""
+    announce(f"reusing trained weights {entry.folder} (from {entry.manifest.get('source_run')}): sampling only")
+    module = make_module(cfg, plan, parts, None)
+    entry.load_into(module)
+    module.to(trainer.strategy.root_device)
+    grids = next(c for c in trainer.callbacks if isinstance(c, SampleGridCallback))
+    grids.render(trainer, module, "final")
+    return module, {**entry.metrics, "train/steps_run": 0, "reused_weights": entry.key}
+
+
+def make_module(cfg: DictConfig, plan: RunPlan, parts, text_embeddings) -> DreamBoothModule:
+    return DreamBoothModule(
+        parts,
+        cfg.model,
+        cfg.optimizer,
+        plan.instance_prompt,
+        plan.class_prompt,
+        cfg.prior.weight,
+        cfg.seed,
+        text_embeddings=text_embeddings,
+    )
 
 
 def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Callback]:
@@ -204,6 +242,11 @@ def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Call
         callbacks.append(
             EvalMetricsCallback(cfg.eval, metric_models, plan.instance_images, plan.eval_prompts, cfg.data.resolution)
         )
+    trial = pruning_trial()
+    if trial is not None and not cfg.eval.metrics_every_n_steps:
+        log.warning("the sweep prunes, but this run reports nothing to prune on: set eval.metrics_every_n_steps")
+    elif trial is not None:  # after the evaluation: it reports what the evaluation just measured
+        callbacks.append(PruningCallback(trial, str(cfg.optimized_metric), cfg.eval.metrics_every_n_steps))
     return callbacks
 
 

@@ -28,3 +28,11 @@ def test_counted_flops_match_the_reference_figure_for_sd15(tmp_path):
     flops = counted_flops(cfg.model, 512)
     assert flops["unet_forward"] == pytest.approx(0.8, rel=0.05)
     assert flops["vae_encode"] > flops["unet_forward"] > flops["text_encoder"] > 0
+
+
+def test_bench_reuse_prints_its_table(capsys):
+    main(["reuse", "debug=fast", "callbacks.progress_bar=null", "export_pipeline=false"])
+    out = capsys.readouterr().out
+    steps = [line.split()[-3] for line in out.splitlines() if line.startswith(("warm-up", "trains", "guidance only"))]
+    assert steps == ["4", "4", "0"]  # the guidance-only trial runs no training step
+    assert "guidance-only trial ÷ training trial:" in out

@@ -13,7 +13,7 @@ from dbexp.train import run
 @pytest.fixture
 def filled(make_cfg, tmp_path) -> Path:
     cache = tmp_path / "cache"
-    run(make_cfg(f"paths.cache_dir={cache}"))
+    run(make_cfg(f"paths.cache_dir={cache}", "reuse_trained=true"))
     return cache
 
 
@@ -24,6 +24,7 @@ def test_ls_and_du(filled, capsys):
     assert "class_images (1," in out and "2 × 'a photo of dog' @32px" in out
     assert "models (2," in out and "latents (7," in out and "text (2," in out
     assert "SD-architecture model built from config" in out and "metric models built from config" in out
+    assert "trained (1," in out and "4 steps, from " in out
     main(["--cache-dir", str(filled), "du"])
     total = sum(p.stat().st_size for p in filled.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
     listed = sum(e.size for e in entries(filled))
@@ -39,6 +40,8 @@ def test_prune_by_kind_key_age_and_dry_run(filled, capsys):
     assert not [e for e in entries(filled) if e.kind == "latents"]
     main(["--cache-dir", str(filled), "prune", "--key", before["class_images"].key])
     assert not [e for e in entries(filled) if e.kind == "class_images"]
+    main(["--cache-dir", str(filled), "prune", "--kind", "trained", "--all"])
+    assert not [e for e in entries(filled) if e.kind == "trained"]
     old = time.time() - 10 * 86400
     for path in (filled / "text").iterdir():
         os.utime(path, (old, old))

@@ -31,6 +31,7 @@ def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg):
 
     resumed_cfg = make_cfg(*steps, "ckpt_path=last", name="2026-01-03_00-00-00")
     resumed = run(resumed_cfg)
+    assert (straight.pop("train/steps_run"), resumed.pop("train/steps_run")) == (6, 4)  # resumed from step 2
     assert comparable(resumed) == comparable(straight)  # same final losses, learning rates, metrics, step
 
     a = _final_unet(Path(straight_cfg.paths.output_dir))

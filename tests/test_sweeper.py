@@ -1,5 +1,6 @@
 """The Optuna sweeper plugin: grammar, a sweep with storage, resume, failures, multi-objective."""
 
+import json
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ FAST = [
     "export_pipeline=false",
     "hydra/sweeper=dbexp_optuna",
     "hydra.sweeper.n_jobs=1",
+    "hydra.sweeper.heartbeat_interval=1",  # a worker with nothing left to ask waits for others' trials briefly
 ]
 
 
@@ -260,3 +262,162 @@ def test_two_workers_on_one_storage_share_the_study(tmp_path, cache_dir):
     assert len(done) == 4  # exactly n_trials, none lost, none extra
     assert len({t.params["optimizer.lr"] for t in done}) == 4  # distinct trials
     assert all(t.user_attrs.get("abandoned") for t in trials if t.state != optuna.trial.TrialState.COMPLETE)
+
+
+def _trial_dirs(tmp_path):
+    return {int(p.name): p for p in (tmp_path / "outputs" / "debug" / "multiruns").glob("*/[0-9]*")}
+
+
+@pytest.mark.slow
+def test_a_trial_below_the_median_is_pruned_in_another_process(tmp_path, cache_dir):
+    """The second sweep runs its trials through Hydra's joblib launcher (worker processes): they reach the
+    trial through the storage, are pruned at their first report, and leave their partial runs."""
+    args = [
+        *FAST,
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
+        "hydra.sweeper.study_name=prune",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "optimized_metric=train/loss",
+        "eval.metrics=tiny",
+        "eval.final=false",
+        "eval.metrics_every_n_steps=2",
+        "eval.subset_prompts=1",
+        "trainer.max_steps=8",
+    ]
+    good = run_cli("dbexp.train", "--multirun", *args, "hydra.sweeper.n_trials=1", "optimizer.lr=1e-6", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr[-3000:]
+    bad = run_cli(
+        "dbexp.train",
+        "--multirun",
+        *args[:-1],
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optimizer.lr=1.0",  # finite but absurd: the loss at step 2 is far above the first trial's
+        cwd=tmp_path,
+    )
+    assert bad.returncode == 0, bad.stderr[-3000:]
+    trials = _study(tmp_path, "prune").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.PRUNED] * 2
+    assert sorted(trials[0].intermediate_values) == [2, 4, 6, 8]
+    assert all(list(t.intermediate_values) == [2] for t in trials[1:])
+    for number in (1, 2):
+        partial = _trial_dirs(tmp_path)[number]
+        metrics = json.loads((partial / "metrics.json").read_text())
+        assert metrics["pruned_at_step"] == 2 and metrics["train/steps_run"] == 2  # stopped at once
+        assert (partial / "csv" / "metrics.csv").is_file() and (partial / "debug.log").is_file()
+    results = OmegaConf.load(next((tmp_path / "outputs").glob("*/multiruns/*/optimization_results.yaml")))
+    assert results.best_trial == 0
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_and_retries_the_trial_it_left_running(tmp_path, cache_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [
+        *FAST,
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
+        "hydra.sweeper.study_name=killed",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=3",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=0",
+        "trainer.max_steps=60",
+        "optimizer.lr=tag(log, interval(1e-6, 1e-4))",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dbexp.train", "--multirun", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        try:
+            states = [t.state for t in _study(tmp_path, "killed").trials]
+        except KeyError:
+            states = []
+        if states[1:2] == [optuna.trial.TrialState.RUNNING]:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside trial 1's training (60 steps)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    left = _study(tmp_path, "killed").trials
+    assert [t.state for t in left] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+
+    again = run_cli("dbexp.train", "--multirun", *args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = _study(tmp_path, "killed").trials
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # n_trials exactly
+    assert trials[0].datetime_complete == left[0].datetime_complete  # the finished trial was not rerun
+    assert trials[1].state == optuna.trial.TrialState.FAIL and trials[1].user_attrs["abandoned"]
+    assert "no heartbeat" in trials[1].user_attrs["fail_reason"]
+    assert len(trials) == 4
+
+
+@pytest.mark.slow
+def test_guidance_only_trials_reuse_the_trained_weights(tmp_path, cache_dir):
+    result = run_cli(
+        "dbexp.train",
+        "--multirun",
+        *FAST,
+        f"paths.cache_dir={cache_dir}",
+        "eval.metrics=tiny",
+        "seed=21",
+        "optimized_metric=eval/score",
+        "hydra.sweeper.direction=maximize",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.n_trials=3",
+        "eval.guidance_scale=choice(2, 5, 9)",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {n: json.loads((d / "metrics.json").read_text()) for n, d in _trial_dirs(tmp_path).items()}
+    assert sorted(r["train/steps_run"] for r in runs.values()) == [0, 0, 4]  # one trains, two only sample
+    reused = [r for r in runs.values() if r["train/steps_run"] == 0]
+    assert all(r["reused_weights"] for r in reused)
+    scales = sorted(float(next(iter(r["evaluation"]["guidance_scales"]))) for r in runs.values())
+    assert scales == [2.0, 5.0, 9.0]  # each trial evaluated at its own guidance
+
+
+PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_its_search_space_parses(preset):
+    from hydra import compose, initialize_config_dir
+
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
+    from tests.conftest import CONF
+
+    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
+    with initialize_config_dir(config_dir=str(sweeps), version_base="1.3"):
+        cfg = compose(preset, overrides=[f"hydra.searchpath=[file://{CONF}]"], return_hydra_config=True)
+        with_slurm = compose(
+            preset,
+            overrides=[f"hydra.searchpath=[file://{CONF}]", "hydra/launcher=slurm_one_gpu"],
+            return_hydra_config=True,
+        )
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("DbexpOptunaSweeper") and sweeper.storage.startswith("sqlite:///outputs/")
+    fixed, space = DbexpOptunaSweeper(**{k: v for k, v in sweeper.items() if not k.startswith("_")}).search_space([])
+    assert space and not fixed
+    directions = sweeper.direction if isinstance(sweeper.direction, str) else list(sweeper.direction)
+    assert (len(cfg.optimized_metric) if not isinstance(cfg.optimized_metric, str) else 1) == (
+        1 if isinstance(directions, str) else len(directions)
+    )
+    assert with_slurm.hydra.launcher.gpus_per_node == 1
+    assert with_slurm.hydra.launcher._target_.endswith("SlurmLauncher")

@@ -72,18 +72,46 @@ class QMCSamplerConfig:
 
 
 @dataclass
+class NopPrunerConfig:
+    """No pruning: every trial trains to the end."""
+
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
 class MedianPrunerConfig:
+    """Stop a trial whose reported objective is worse than the median of earlier trials at that step."""
+
     _target_: str = "optuna.pruners.MedianPruner"
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 0
+    n_startup_trials: int = 5  # trials that always finish before any is pruned
+    n_warmup_steps: int = 0  # training steps before a trial may be pruned
     interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"  # training steps of the first rung ("auto": from the first finished trial)
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConfig:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1  # training steps
+    max_resource: Any = "auto"  # "auto": the steps of the first finished trial
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
 
 
 @dataclass
 class DbexpOptunaSweeperConfig:
     _target_: str = "hydra_plugins.dbexp_optuna_sweeper.sweeper.DbexpOptunaSweeper"
     _recursive_: bool = False  # the sweeper builds the sampler itself (the grid needs the search space)
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = MISSING  # filled by the hydra/sweeper/sampler group (MISSING does not overwrite it)
     direction: Any = "minimize"  # minimize | maximize | a list of them (multi-objective)
     storage: Any = None  # sqlite:///…, journal:<file>, a database URL, or null (in memory)
@@ -94,7 +122,10 @@ class DbexpOptunaSweeperConfig:
     search_space: dict[str, Any] | None = None  # hydra-optuna-sweeper 1.1's name for params
     params: dict[str, str] | None = None
     custom_search_space: str | None = None  # "module.function(cfg, trial)" for conditional parameters
-    pruner: Any = None  # an optuna.pruners config with _target_, or null (no pruning)
+    pruner: Any = MISSING  # filled by the hydra/sweeper/pruner group: none | median | successive_halving | hyperband
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats in the storage
+    grace_period: int | None = None  # a RUNNING trial without a heartbeat for this long belongs to a dead
+    #   worker: it is failed and its slot retried (null: 3 × heartbeat_interval)
 
 
 store = ConfigStore.instance()
@@ -108,4 +139,10 @@ for name, node in {
     "qmc": QMCSamplerConfig,
 }.items():
     store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="dbexp")
-store.store(group="hydra/sweeper/pruner", name="median", node=MedianPrunerConfig, provider="dbexp")
+for name, node in {
+    "none": NopPrunerConfig,
+    "median": MedianPrunerConfig,
+    "successive_halving": SuccessiveHalvingPrunerConfig,
+    "hyperband": HyperbandPrunerConfig,
+}.items():
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="dbexp")

@@ -4,7 +4,12 @@ Every trial is one run of the task (``dbexp.train``): its return value is the ob
 a tuple for several directions). The study lives in ``storage``, so running the same command again
 continues it up to ``n_trials`` in total, and several processes on one storage share it.
 A trial that raises, or returns NaN, is marked FAIL with its reason as a user attribute; the sweep
-goes on until the failure rate over the whole study exceeds ``max_failure_rate``.
+goes on until the failure rate over the whole study exceeds ``max_failure_rate``. A trial that raises
+``optuna.TrialPruned`` (the job's pruning callback, see ``trial.py``) is marked PRUNED.
+
+While a trial runs, its worker writes a heartbeat (a ``heartbeat`` user attribute, Unix time) every
+``heartbeat_interval`` seconds; a RUNNING trial without one for ``grace_period`` seconds was left by a
+dead worker: any worker of the study marks it FAIL (``abandoned``) and its slot is run again.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,8 @@ from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
+
+from hydra_plugins.dbexp_optuna_sweeper import trial as job_trial
 
 log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"
@@ -119,6 +128,8 @@ class DbexpOptunaSweeper(Sweeper):
         params: dict[str, str] | None = None,
         custom_search_space: str | None = None,
         pruner: Any = None,
+        heartbeat_interval: int = 10,
+        grace_period: int | None = None,
     ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.directions = (
@@ -130,6 +141,8 @@ class DbexpOptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
         self.params = {**(search_space or {}), **(params or {})}
         self.custom_search_space = custom_search_space
+        self.heartbeat_interval = max(1, heartbeat_interval)
+        self.grace_period = grace_period if grace_period is not None else 3 * self.heartbeat_interval
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -138,6 +151,10 @@ class DbexpOptunaSweeper(Sweeper):
             config=config, hydra_context=hydra_context, task_function=task_function
         )
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        # Trial folders named by trial number (workers sharing a sweep folder cannot collide), unless
+        # the user chose another naming.
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+        self.subdir_by_trial = subdir == "${hydra.job.num}"
 
     # --- the search space ---------------------------------------------------------------------------
     def search_space(self, arguments: list[str]) -> tuple[list[str], dict[str, BaseDistribution]]:
@@ -170,14 +187,18 @@ class DbexpOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         fixed, space = self.search_space(arguments)
         with setup_lock(self.storage):
+            self.opened_storage = open_storage(self.storage)
             study = optuna.create_study(
                 study_name=self.study_name,
-                storage=open_storage(self.storage),
+                storage=self.opened_storage,
                 sampler=self.make_sampler(space),
                 pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
                 directions=self.directions,
                 load_if_exists=True,
             )
+        if self.opened_storage is None:
+            job_trial._in_memory[study.study_name] = study  # noqa: SLF001 — reachable by in-process jobs
+        self.fail_stale_trials(study)
         log.info(
             "study %s: %d of %d trials done, storage %s",
             study.study_name,
@@ -186,29 +207,94 @@ class DbexpOptunaSweeper(Sweeper):
             self.storage or "in memory",
         )
         custom = get_method(self.custom_search_space) if self.custom_search_space else None
+        waited_since: float | None = None
         while True:
             trials = study.get_trials(deepcopy=False)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             remaining = self.n_trials - sum(counted(t) for t in trials) - running
+            if remaining <= 0 and running and self.opened_storage is not None:
+                # Running elsewhere: alive workers finish them; a dead worker's trials go stale within
+                # grace_period and their slots come back here.
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since <= self.grace_period + self.heartbeat_interval:
+                    time.sleep(min(self.heartbeat_interval, 5))
+                    self.fail_stale_trials(study)
+                    continue
+                log.info("%d trial(s) still running in other workers; they finish them", running)
             if remaining <= 0:
                 break
+            waited_since = None
             batch = []
             for _ in range(min(self.n_jobs, remaining)):
                 trial = study.ask(fixed_distributions=space)
                 if self.over_budget(study, trial):
                     continue
+                self.beat([trial])
                 if custom is not None:
                     custom(self.config, trial)
                 overrides = [*fixed, *(f"{name}={_override_value(v)}" for name, v in trial.params.items())]
+                overrides += job_trial.job_overrides(study.study_name, trial.number)
+                if self.subdir_by_trial:
+                    overrides.append(f"hydra.sweep.subdir={trial.number}")
                 batch.append((trial, tuple(overrides)))
             if not batch:
                 continue  # other workers took the remaining slots; they finish them
-            returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+            with self.heartbeat([t for t, _ in batch]):
+                returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
             self.job_idx += len(batch)
             for (trial, _), result in zip(batch, returns, strict=True):
                 self.tell(study, trial, result)
             self.check_failure_rate(study)
         self.write_results(study)
+
+    # --- workers that die ---------------------------------------------------------------------------
+    def beat(self, trials: list[optuna.Trial]) -> None:
+        if self.opened_storage is None:
+            return
+        now = time.time()
+        for trial in trials:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr("heartbeat", now)
+
+    @contextlib.contextmanager
+    def heartbeat(self, trials: list[optuna.Trial]):
+        """A heartbeat for ``trials`` every ``heartbeat_interval`` seconds while the block runs."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.heartbeat_interval):
+                try:
+                    self.beat(trials)
+                except Exception as err:  # a storage hiccup must not end the sweep; the next beat retries
+                    log.warning("heartbeat failed: %s", err)
+
+        thread = threading.Thread(target=loop, name="dbexp-optuna-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def fail_stale_trials(self, study: optuna.Study) -> None:
+        """RUNNING trials whose heartbeat is older than ``grace_period``: FAIL, abandoned (their slots are retried)."""
+        if self.opened_storage is None:
+            return
+        storage, now = self.opened_storage, time.time()
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.user_attrs.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+            if now - beat <= self.grace_period:
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            try:
+                storage.set_trial_user_attr(trial_id, "abandoned", True)
+                reason = f"its worker stopped: no heartbeat for {now - beat:.0f} s (grace_period={self.grace_period})"
+                storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    log.warning("trial %d: %s; its slot is run again", t.number, reason)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished, or another worker failed it first
 
     def over_budget(self, study: optuna.Study, trial: optuna.Trial) -> bool:
         """Workers sharing a storage may ask at the same moment: a trial numbered past ``n_trials`` among
