@@ -227,21 +227,23 @@ def test_an_absurd_learning_rate_fails_its_trial_while_the_sweep_completes(tmp_p
 
 
 @pytest.mark.slow
-def test_two_workers_on_one_storage_share_the_study(tmp_path, cache_dir):
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_on_one_storage_share_the_study(tmp_path, cache_dir, kind):
     import os
     import subprocess
     import sys
 
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
     args = [
         *FAST,
         f"paths.cache_dir={cache_dir}",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
+        f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=shared",
         "hydra.sweeper.n_trials=4",
         "hydra/sweeper/sampler=random",
         "optimizer.lr=tag(log, interval(1e-6, 1e-3))",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # two workers, two cores
     workers = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -257,7 +259,9 @@ def test_two_workers_on_one_storage_share_the_study(tmp_path, cache_dir):
         )
     outputs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
-    trials = _study(tmp_path, "shared").trials
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import open_storage
+
+    trials = optuna.load_study(study_name="shared", storage=open_storage(storage)).trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4  # exactly n_trials, none lost, none extra
     assert len({t.params["optimizer.lr"] for t in done}) == 4  # distinct trials
@@ -421,3 +425,17 @@ def test_every_preset_composes_and_its_search_space_parses(preset):
     )
     assert with_slurm.hydra.launcher.gpus_per_node == 1
     assert with_slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.parametrize("name", ["none", "median", "successive_halving", "hyperband"])
+def test_every_pruner_option_builds_an_optuna_pruner(name):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["hydra/sweeper=dbexp_optuna", f"hydra/sweeper/pruner={name}"], return_hydra_config=True
+        )
+    assert isinstance(instantiate(cfg.hydra.sweeper.pruner), optuna.pruners.BasePruner)
