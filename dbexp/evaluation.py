@@ -244,7 +244,7 @@ def evaluate_at_scales(
         grid.save(out / f"guidance_{scale:g}.png")
         log_image(list(loggers), f"eval/guidance_{scale:g}", grid, step)
         for logger in loggers:
-            logger.log_metrics({f"{k}@{scale:g}": v for k, v in result.metrics.items()}, step=step)
+            logger.log_metrics({f"{k}_cfg{scale:g}": v for k, v in result.metrics.items()}, step=step)
     with open(out / "per_prompt.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

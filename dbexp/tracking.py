@@ -1,19 +1,112 @@
-"""Owner of ``conf/logger``: logger instantiation, images to every logger, and closing them."""
+"""Owner of ``conf/logger``: the loggers (CSV, TensorBoard, MLflow, W&B), what every run tells them, and
+how sweeps appear in them.
+
+Every run logs to each configured logger: the resolved config flattened as parameters (secrets
+redacted), every metric with its step, sample grids as images, and at the end ``metrics.json``,
+the sample grids and the evaluation as files (artifacts); tags name the git commit, dbexp's version,
+the dataset's fingerprint and the library versions. In a sweep, MLflow shows one parent run per
+study with a child run per trial, and W&B one group per study; each trial is tagged with its
+number and final state (COMPLETE, PRUNED or FAIL).
+
+API keys and tokens are read by MLflow and W&B from the environment only; nothing here logs them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
+import json
 import logging
+import os
+import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from hydra.experimental.callback import Callback as HydraCallback
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from dbexp import __version__
+from dbexp.console import announce
 from dbexp.errors import instantiate_checked
 
 log = logging.getLogger(__name__)
+
+#: Set by :class:`SweepTracking` in the sweep process, inherited by every trial it launches.
+PARENT_RUN_ENV = "DBEXP_MLFLOW_PARENT_RUN_ID"
+SWEEP_NAME_ENV = "DBEXP_SWEEP_NAME"
+LIBRARIES = ("torch", "diffusers", "transformers", "lightning", "hydra-core", "optuna", "mlflow", "wandb", "peft")
+SECRET_WORDS = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential|auth)", re.IGNORECASE)
+
+
+# --- the loggers ----------------------------------------------------------------------------------
+def default_mlflow_uri(log_dir: str | Path) -> str:
+    """``$MLFLOW_TRACKING_URI``, else the embedded store ``sqlite:///<outputs>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(log_dir).resolve() / 'mlflow.db'}"
+
+
+def local_artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of an embedded (sqlite/file) store go beside it: ``<outputs>/mlartifacts``."""
+    if tracking_uri.startswith("sqlite:///"):
+        return str(Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts")
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        return None  # a file store keeps artifacts in itself
+    return None  # a tracking server decides
+
+
+class DbexpMLFlowLogger(MLFlowLogger):
+    """Lightning's MLflow logger with dbexp's defaults: the embedded store in ``outputs/``, and in a sweep
+    a child run of the study's parent run."""
+
+    def __init__(
+        self,
+        experiment_name: str,
+        log_dir: str,
+        tracking_uri: str | None = None,
+        run_name: str | None = None,
+        log_pipeline: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        uri = tracking_uri or default_mlflow_uri(log_dir)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        tags = dict(kwargs.pop("tags", None) or {})
+        if os.environ.get(PARENT_RUN_ENV):
+            tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
+        kwargs.setdefault("artifact_location", local_artifact_root(uri))
+        super().__init__(experiment_name=experiment_name, tracking_uri=uri, run_name=run_name, tags=tags, **kwargs)
+        self.log_pipeline = log_pipeline
+
+
+def wandb_offline() -> bool:
+    """Offline unless an API key is configured (``$WANDB_API_KEY``, or ``wandb login``'s netrc entry) or
+    ``$WANDB_MODE`` says otherwise."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode in ("offline", "dryrun", "disabled")
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    import netrc
+
+    with contextlib.suppress(FileNotFoundError, netrc.NetrcParseError, OSError):
+        return netrc.netrc().authenticators("api.wandb.ai") is None
+    return True
+
+
+class DbexpWandbLogger(WandbLogger):
+    """Lightning's W&B logger, offline when no API key is configured, grouped by sweep."""
+
+    def __init__(self, offline: bool | None = None, group: str | None = None, **kwargs: Any) -> None:
+        offline = wandb_offline() if offline is None else offline
+        group = group or os.environ.get(SWEEP_NAME_ENV) or None
+        Path(kwargs.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
+        super().__init__(offline=offline, group=group, **kwargs)
+        self.is_offline = offline
 
 
 def instantiate_loggers(cfg: dict[str, Any] | None) -> list[Logger]:
@@ -30,26 +123,248 @@ def log_image(loggers: list[Logger], key: str, image: Image.Image, step: int) ->
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, np.asarray(image), step, dataformats="HWC")
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_image(logger.run_id, image, key=key.replace("/", "_"), step=step)
         elif hasattr(logger, "log_image"):  # W&B and other loggers with an image API
             logger.log_image(key=key, images=[image], step=step)
 
 
+# --- what a run tells its loggers -----------------------------------------------------------------
+def describe_run(loggers: list[Logger], cfg: DictConfig, instance_images: list) -> None:
+    """The resolved config (flattened, secrets redacted) as parameters and the run's provenance as tags."""
+    if not loggers:
+        return
+    params = flat_params(cfg)
+    tags = run_tags(instance_images)
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        if isinstance(logger, MLFlowLogger):
+            for key, value in tags.items():
+                logger.experiment.set_tag(logger.run_id, key, value)
+        elif isinstance(logger, WandbLogger):
+            logger.experiment.config.update({"tags": tags}, allow_val_change=True)
+            trial = tags.get("optuna.trial_number")
+            if trial is not None:
+                logger.experiment.tags = [*(logger.experiment.tags or ()), f"trial-{trial}"]
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """``{"optimizer.lr": "5e-06", …}``: every leaf of the resolved config, secrets redacted."""
+    tree = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = redact(prefix, json.dumps(node) if isinstance(node, list | dict) else str(node))
+
+    walk(tree, "")
+    return flat
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names say they hold a secret (API keys, tokens, passwords)."""
+    return [v for k, v in os.environ.items() if SECRET_WORDS.search(k) and len(v) >= 8]
+
+
+def redact(key: str, value: str) -> str:
+    """A config value safe to log: secret-named keys, known secret values and URL passwords are hidden."""
+    if SECRET_WORDS.search(key.rsplit(".", 1)[-1]) and value not in ("None", "null", ""):
+        return "***"
+    for secret in secret_values():
+        value = value.replace(secret, "***")
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", value)  # user:password@host
+
+
+def run_tags(instance_images: list) -> dict[str, str]:
+    """Provenance: git commit of the dbexp source, dbexp and library versions, dataset fingerprint, sweep trial."""
+    from dbexp.encoding_cache import image_digest
+    from hydra_plugins.dbexp_optuna_sweeper.trial import STUDY_ENV, trial_number
+
+    digest = hashlib.sha256("".join(image_digest(i) for i in instance_images).encode()).hexdigest()[:16]
+    tags = {"dbexp.version": __version__, "dbexp.dataset_fingerprint": digest, **git_state()}
+    for name in LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            tags[f"lib.{name}"] = importlib.metadata.version(name)
+    number = trial_number()
+    if number is not None:
+        tags |= {"optuna.trial_number": str(number), "optuna.study_name": os.environ.get(STUDY_ENV, "")}
+    return tags
+
+
+def git_state() -> dict[str, str]:
+    source = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"dbexp.git_commit": "unknown (not a git checkout)"}
+    return {"dbexp.git_commit": commit, "dbexp.git_dirty": str(bool(dirty)).lower()}
+
+
+def log_run_files(loggers: list[Logger], run_dir: Path) -> None:
+    """``metrics.json``, the sample grids, the evaluation (and the exported pipeline where asked) as files."""
+    files = [run_dir / "metrics.json"]
+    folders = [run_dir / "samples", run_dir / "eval"]
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            client, run_id = logger.experiment, logger.run_id
+            for path in files:
+                if path.is_file():
+                    client.log_artifact(run_id, str(path))
+            for folder in folders:
+                if folder.is_dir():
+                    client.log_artifacts(run_id, str(folder), folder.name)
+            if getattr(logger, "log_pipeline", False) and (run_dir / "pipeline").is_dir():
+                client.log_artifacts(run_id, str(run_dir / "pipeline"), "pipeline")
+        elif isinstance(logger, WandbLogger):
+            metrics_path = run_dir / "metrics.json"
+            if metrics_path.is_file():
+                flat = {k: v for k, v in json.loads(metrics_path.read_text()).items() if isinstance(v, int | float)}
+                logger.experiment.summary.update(flat)
+                logger.experiment.save(str(metrics_path), base_path=str(run_dir), policy="now")
+
+
+# --- opening and closing --------------------------------------------------------------------------
 @contextlib.contextmanager
-def open_loggers(cfg: dict[str, Any] | None) -> Iterator[list[Logger]]:
+def open_loggers(cfg: dict[str, Any] | None, run_dir: Path | None = None) -> Iterator[list[Logger]]:
     """The configured loggers, closed on the way out — marked failed when an exception leaves the block,
-    so a crashed run or trial is never left open in a tracking server."""
+    so a crashed run or trial is never left open in a tracking server. A sweep trial also gets its Optuna
+    state as a tag: COMPLETE, PRUNED (``optuna.TrialPruned`` left the block) or FAIL."""
+    import optuna
+
     loggers = instantiate_loggers(cfg)
-    status = "failed"
+    status, state = "failed", "FAIL"
     try:
         yield loggers
-        status = "success"
+        status, state = "success", "COMPLETE"
+    except optuna.TrialPruned:
+        status, state = "success", "PRUNED"
+        raise
     finally:
-        _finalize(loggers, status)
+        _finalize(loggers, status, state, run_dir)
 
 
-def _finalize(loggers: list[Logger], status: str) -> None:
+def _finalize(loggers: list[Logger], status: str, state: str, run_dir: Path | None) -> None:
+    from hydra_plugins.dbexp_optuna_sweeper.trial import trial_number
+
     for logger in loggers:
         try:
+            if trial_number() is not None and isinstance(logger, MLFlowLogger) and logger._initialized:  # noqa: SLF001
+                logger.experiment.set_tag(logger.run_id, "optuna.state", state)
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:  # noqa: SLF001
+                logger.experiment.summary["optuna_state" if trial_number() is not None else "state"] = state
             logger.finalize(status)
+            if isinstance(logger, WandbLogger) and getattr(logger, "is_offline", False) and run_dir is not None:
+                _wandb_sync_note(logger, run_dir)
         except Exception:  # one broken logger must not hide the run's real error
             log.exception("could not finalize logger %s", type(logger).__name__)
+
+
+def _wandb_sync_note(logger: WandbLogger, run_dir: Path) -> None:
+    import wandb
+
+    folder = Path(logger.experiment.dir).parent if logger._experiment is not None else None  # noqa: SLF001
+    if wandb.run is not None:
+        wandb.finish()
+    if folder is None:
+        return
+    note = run_dir / "wandb_sync.txt"
+    note.write_text(f"W&B ran offline (no API key). Upload this run with:\n  wandb sync {folder}\n")
+    announce(f"W&B offline run: {folder} (upload: wandb sync {folder})")
+
+
+# --- sweeps: the parent run -----------------------------------------------------------------------
+class SweepTracking(HydraCallback):
+    """Registered in ``conf/hydra``: in a multirun that logs to MLflow, one parent run per sweep (per Optuna
+    study, shared by resumes and workers) that every trial's run becomes a child of; W&B groups the trials
+    by the same name. At the end the parent gets the sweep's results file and best value."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        name = self.sweep_name(config)
+        os.environ[SWEEP_NAME_ENV] = name
+        mlflow_cfg = self.mlflow_config(config)
+        if mlflow_cfg is None:
+            return
+        client, experiment_id = self.client(config, mlflow_cfg)
+        self.parent_id = self.find_or_create_parent(client, experiment_id, name, config)
+        os.environ[PARENT_RUN_ENV] = self.parent_id
+        announce(f"MLflow parent run {self.parent_id} for sweep {name} ({client.tracking_uri})")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        mlflow_cfg = self.mlflow_config(config)
+        if mlflow_cfg is None or not getattr(self, "parent_id", None):
+            return
+        client, _ = self.client(config, mlflow_cfg)
+        results = Path(str(config.hydra.sweep.dir)) / "optimization_results.yaml"
+        if results.is_file():
+            client.log_artifact(self.parent_id, str(results))
+            summary = OmegaConf.to_container(OmegaConf.load(results))
+            if "best_value" in summary:
+                client.log_metric(self.parent_id, "best_value", float(summary["best_value"]))
+                for key, value in summary.get("best_params", {}).items():
+                    client.set_tag(self.parent_id, f"best.{key}", str(value))
+        client.set_terminated(self.parent_id, "FINISHED")
+        os.environ.pop(PARENT_RUN_ENV, None)
+
+    @staticmethod
+    def sweep_name(config: DictConfig) -> str:
+        study = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
+        return str(study) if study else Path(str(config.hydra.sweep.dir)).name
+
+    @staticmethod
+    def mlflow_config(config: DictConfig) -> DictConfig | None:
+        for entry in (config.get("logger") or {}).values():
+            if entry is not None and str(entry.get("_target_", "")).endswith("MLFlowLogger"):
+                return entry
+        return None
+
+    @staticmethod
+    def client(config: DictConfig, mlflow_cfg: DictConfig):
+        from mlflow.tracking import MlflowClient
+
+        uri = mlflow_cfg.get("tracking_uri") or default_mlflow_uri(mlflow_cfg.log_dir)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(uri)
+        name = str(mlflow_cfg.experiment_name)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            with contextlib.suppress(Exception):  # another worker may create it first
+                client.create_experiment(name, artifact_location=local_artifact_root(uri))
+            experiment = client.get_experiment_by_name(name)
+        return client, experiment.experiment_id
+
+    @staticmethod
+    def find_or_create_parent(client, experiment_id: str, name: str, config: DictConfig) -> str:
+        from filelock import FileLock
+
+        lock_dir = Path(str(config.paths.log_dir))
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_dir / ".mlflow_parent.lock")):  # workers on one machine start together
+            found = client.search_runs(
+                [experiment_id], filter_string=f"tags.`dbexp.sweep` = '{name}' and tags.`dbexp.sweep_parent` = 'true'"
+            )
+            if found:
+                client.update_run(found[0].info.run_id, status="RUNNING")
+                return found[0].info.run_id
+            run = client.create_run(
+                experiment_id,
+                run_name=f"sweep {name}",
+                tags={"dbexp.sweep": name, "dbexp.sweep_parent": "true", "dbexp.version": __version__},
+            )
+            sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+            if sweeper is not None:
+                params = OmegaConf.to_container(sweeper, resolve=True)
+                flat = {"sweeper.params." + k: str(v) for k, v in (params.get("params") or {}).items()}
+                flat |= {f"sweeper.{k}": str(params[k]) for k in ("direction", "n_trials") if k in params}
+                flat["sweeper.storage"] = redact("storage", str(params.get("storage")))
+                for key, value in flat.items():
+                    client.log_param(run.info.run_id, key, value)
+            return run.info.run_id

@@ -54,7 +54,7 @@ from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
 from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.pruning import PruningCallback
-from dbexp.tracking import open_loggers
+from dbexp.tracking import describe_run, log_run_files, open_loggers
 from dbexp.trained_cache import training_key
 from hydra_plugins.dbexp_optuna_sweeper.trial import pruning_trial
 
@@ -155,7 +155,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # Called with a device; the models load once per process.
     metric_models = partial(load_metric_models, plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
-    with open_loggers(cfg.logger) as loggers:
+    with open_loggers(cfg.logger, plan.run_dir) as loggers:
+        describe_run(loggers, cfg, plan.instance_images)
         callbacks = make_callbacks(cfg, plan, metric_models)
         trainer: L.Trainer = instantiate_checked(
             cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -178,13 +179,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if pruned is None and trainer.is_global_zero and plan.eval_prompts is not None and cfg.eval.final:
             metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, int(metrics["step"])))
 
-    if trainer.is_global_zero:
-        if cfg.export_pipeline and pruned is None:
-            announce(f"pipeline: {export_pipeline(module, plan.run_dir / 'pipeline')}")
-        (plan.run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
-        announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
-    if pruned is not None:
-        raise pruned.error()
+        if trainer.is_global_zero:
+            if cfg.export_pipeline and pruned is None:
+                announce(f"pipeline: {export_pipeline(module, plan.run_dir / 'pipeline')}")
+            (plan.run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+            log_run_files(loggers, plan.run_dir)
+            announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
+        if pruned is not None:
+            raise pruned.error()
     return metrics
 
 
@@ -301,6 +303,8 @@ def final_evaluation(cfg: DictConfig, plan: RunPlan, module, metric_models, logg
     release_metric_models()
     announce(summary_table(evaluation))
     first = next(iter(evaluation["guidance_scales"].values()))
+    for logger in loggers:  # the objective's scale also under the plain names (eval/score, …)
+        logger.log_metrics(first, step=step)
     return {**first, "evaluation": evaluation}
 
 

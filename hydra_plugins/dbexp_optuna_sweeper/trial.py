@@ -15,6 +15,7 @@ import optuna
 
 STUDY_ENV = "DBEXP_OPTUNA_STUDY"
 TRIAL_ENV = "DBEXP_OPTUNA_TRIAL"
+TRIAL_NAME_ENV = "DBEXP_OPTUNA_TRIAL_NAME"  # "trial <n>": the run name trackers show
 
 #: Studies of this process that live in memory (no storage), by name.
 _in_memory: dict[str, optuna.Study] = {}
@@ -23,7 +24,11 @@ _in_memory: dict[str, optuna.Study] = {}
 def job_overrides(study_name: str, number: int) -> list[str]:
     """Hydra overrides that give a job its study and trial (as environment variables while it runs)."""
     quoted = "'" + study_name.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return [f"++hydra.job.env_set.{STUDY_ENV}={quoted}", f"++hydra.job.env_set.{TRIAL_ENV}={number}"]
+    return [
+        f"++hydra.job.env_set.{STUDY_ENV}={quoted}",
+        f"++hydra.job.env_set.{TRIAL_ENV}={number}",
+        f"++hydra.job.env_set.{TRIAL_NAME_ENV}='trial {number}'",
+    ]
 
 
 def trial_number() -> int | None:

@@ -1,0 +1,146 @@
+"""MLflow (a sweep as parent + child runs), W&B offline, secrets kept out of every logged file."""
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dbexp.tracking import flat_params, redact
+from tests.conftest import run_cli
+from tests.helpers import wandb_records
+
+#: Planted in the environment of the runs below; no logged file may contain them.
+SECRETS = {
+    "WANDB_API_KEY": "wandb-fake-key-3f9d2c71e0a84b56",
+    "MLFLOW_TRACKING_TOKEN": "mlflow-fake-token-91c0ffee5eed",
+    "HF_TOKEN": "hf_fakeTokenAbCdEf0123456789",
+}
+SWEEP = [
+    "debug=fast",
+    "callbacks.progress_bar=null",
+    "eval.metrics=tiny",
+    "export_pipeline=false",
+    "hydra/sweeper=dbexp_optuna",
+    "hydra.sweeper.n_jobs=1",
+    "hydra.sweeper.n_trials=2",
+    "hydra/sweeper/sampler=grid",
+    "optimized_metric=eval/score",
+    "hydra.sweeper.direction=maximize",
+]
+
+
+def _assert_no_secret_in(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for name, value in SECRETS.items():
+                assert value.encode() not in content, f"{name} leaked into {path}"
+
+
+def test_redaction_of_config_values(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-1234567890")
+    assert redact("logger.wandb.api_key", "abc") == "***"
+    assert redact("data.prompt", "uses tok-1234567890 inside") == "uses *** inside"
+    assert redact("storage", "postgresql://me:hunter22@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+    assert redact("optimizer.lr", "5e-06") == "5e-06"
+
+
+def test_flat_params_are_leaves_with_dotted_keys(make_cfg):
+    params = flat_params(make_cfg())
+    assert params["optimizer.lr"] == str(make_cfg().optimizer.lr)
+    assert params["model.name"] == "tiny" and params["prior.weight"] == "1.0"
+    assert json.loads(params["eval.seeds"]) == [0]
+
+
+@pytest.mark.slow
+def test_a_sweep_is_a_parent_run_with_a_child_per_trial_in_mlflow(tmp_path, cache_dir):
+    result = run_cli(
+        "dbexp.train",
+        "--multirun",
+        *SWEEP,
+        "logger=[csv,mlflow,wandb]",
+        f"paths.cache_dir={cache_dir}",
+        "prior.weight=choice(0.5, 1.5)",
+        cwd=tmp_path,
+        env={**SECRETS, "WANDB_MODE": "offline", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MLflow parent run" in result.stdout + result.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("debug")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("dbexp.sweep_parent") == "true"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert sorted(r.data.tags["optuna.trial_number"] for r in children) == ["0", "1"]
+    assert {r.data.tags["optuna.state"] for r in children} == {"COMPLETE"}
+    assert sorted(r.data.params["prior.weight"] for r in children) == ["0.5", "1.5"]
+    assert {r.info.run_name for r in children} == {"trial 0", "trial 1"}
+    for child in children:
+        tags, metrics = child.data.tags, child.data.metrics
+        assert tags["dbexp.version"] and len(tags["dbexp.dataset_fingerprint"]) == 16
+        assert tags["lib.torch"].startswith("2.") and tags["lib.diffusers"] and "dbexp.git_commit" in tags
+        assert {"train/loss", "eval/score", "eval/dino", "eval/clip_t"} <= metrics.keys()
+        history = client.get_metric_history(child.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == [0, 1, 2, 3]  # every step
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"metrics.json", "samples", "eval"} <= artifacts
+        samples = {a.path for a in client.list_artifacts(child.info.run_id, "samples")}
+        assert "samples/final.png" in samples
+        assert child.info.status == "FINISHED"
+    assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "best_value" in client.get_run(parent.info.run_id).data.metrics
+    # W&B: the trials share one group, the sweep's name (the parent run's tag).
+    files = list((tmp_path / "outputs").glob("debug/multiruns/*/*/wandb/offline-run-*/run-*.wandb"))
+    groups = [next(r.run.run_group for r in wandb_records(f) if r.HasField("run")) for f in files]
+    assert groups == [parent.data.tags["dbexp.sweep"]] * 2
+    _assert_no_secret_in(tmp_path / "outputs")
+
+
+@pytest.mark.slow
+def test_wandb_runs_offline_without_a_key_and_keeps_the_history(tmp_path, cache_dir):
+    result = run_cli(
+        "dbexp.train",
+        "debug=fast",
+        "callbacks.progress_bar=null",
+        "logger=wandb",
+        f"paths.cache_dir={cache_dir}",
+        cwd=tmp_path,
+        env={"WANDB_API_KEY": "", "WANDB_MODE": "", "HOME": str(tmp_path)},  # no key anywhere
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "debug" / "runs").iterdir())
+    note = (run_dir / "wandb_sync.txt").read_text()
+    offline = next((run_dir / "wandb").glob("offline-run-*"))
+    assert f"wandb sync {offline}" in note
+    records = list(wandb_records(next(offline.glob("run-*.wandb"))))
+    history = [
+        {i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+        for r in records
+        if r.HasField("history")
+    ]
+    losses = [float(h["train/loss"]) for h in history if "train/loss" in h]
+    assert len(losses) == 4  # every training step
+    images = {p.name.split("_")[0] for p in (offline / "files" / "media" / "images").rglob("*.png")}
+    assert "samples" in images  # sample grids as images
+    assert (offline / "files" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_offline_when_forced_never_writes_the_key(tmp_path, cache_dir):
+    result = run_cli(
+        "dbexp.train",
+        "debug=fast",
+        "callbacks.progress_bar=null",
+        "logger=[csv,tensorboard,wandb,mlflow]",
+        f"paths.cache_dir={cache_dir}",
+        cwd=tmp_path,
+        env={**SECRETS, "WANDB_MODE": "offline", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next((tmp_path / "outputs" / "debug" / "runs").iterdir())
+    assert (run_dir / "csv" / "metrics.csv").is_file() and next((run_dir / "tensorboard").glob("events.*"))
+    _assert_no_secret_in(tmp_path / "outputs")
