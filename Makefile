@@ -3,8 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
+# make dashboard: the embedded MLflow store (logger=mlflow) and the port
+MLFLOW_DB   ?= outputs/mlflow.db
+PORT        ?= 5000
+# make optuna-dashboard: a sweep's storage (default: the newest outputs/sweep_*.db) and the port
+STORAGE     ?= $(firstword $(shell ls -t outputs/sweep_*.db 2>/dev/null))
+OPTUNA_PORT ?= 8080
 
-.PHONY: install train test test-fast lint clean distclean
+.PHONY: install train test test-fast lint dashboard optuna-dashboard clean distclean
 
 install: $(STAMP)  ## create .venv: torch first (the local CPU wheel), then dbexp with dev extras
 
@@ -28,6 +34,15 @@ test-fast: $(STAMP)  ## the suite without slow-marked tests
 lint: $(STAMP)
 	$(PY) -m ruff check dbexp hydra_plugins tests
 	$(PY) -m ruff format --check dbexp hydra_plugins tests
+
+dashboard: $(STAMP)  ## MLflow UI over the embedded store, on http://127.0.0.1:$(PORT)
+	@echo "MLflow UI of $(abspath $(MLFLOW_DB)) on http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(MLFLOW_DB))" --host 127.0.0.1 --port $(PORT)
+
+optuna-dashboard: $(STAMP)  ## optuna-dashboard over a sweep's storage (STORAGE=outputs/<sweep>.db | journal file | URL)
+	@test -n "$(STORAGE)" || { echo "no outputs/sweep_*.db yet: run a sweep, or give STORAGE=<file or URL>"; exit 2; }
+	@echo "optuna-dashboard of $(STORAGE) on http://127.0.0.1:$(OPTUNA_PORT) (Ctrl-C stops it)"
+	$(VENV)/bin/optuna-dashboard "$(if $(findstring ://,$(STORAGE)),$(STORAGE),$(if $(filter %.db,$(STORAGE)),sqlite:///$(abspath $(STORAGE)),$(STORAGE)))" --host 127.0.0.1 --port $(OPTUNA_PORT)
 
 clean:  ## build and test leftovers (runs in outputs/ and .venv are kept)
 	rm -rf build *.egg-info .pytest_cache .ruff_cache

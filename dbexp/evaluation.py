@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -306,6 +307,18 @@ class EvalMetricsCallback(L.Callback):
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
 
 
+def save_images(folder: Path, images: list[Image.Image], prompts: list[str], seeds: list[int]) -> None:
+    """``<k>_seed<s>.png`` per image and ``index.json`` naming each file's prompt and seed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    order = list(dict.fromkeys(prompts))
+    index = []
+    for image, prompt, seed in zip(images, prompts, seeds, strict=True):
+        file = f"{order.index(prompt):02d}_seed{seed}.png"
+        image.save(folder / file)
+        index.append({"file": file, "prompt": prompt, "seed": int(seed)})
+    (folder / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def sample_prompts(cfg: EvalConfig, token: str, class_noun: str | None) -> list[str]:
     """``eval.prompts`` with ``{token}``/``{class_noun}`` filled in (the bare class prompt shows drift)."""
     try:
@@ -355,6 +368,8 @@ class SampleGridCallback(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name}.png"
         grid.save(path)
+        if name == "final":  # also one file per image: runs are compared image by image (dbexp.compare)
+            save_images(self.folder / "final", images, prompts, seeds)
         log_image(trainer.loggers, "samples", grid, trainer.global_step)
         log.info("samples: %s", path)
         return path

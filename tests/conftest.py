@@ -80,3 +80,35 @@ def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout
 def comparable(metrics: dict) -> dict:
     """A run's metrics without the evaluation block (it records wall-clock seconds)."""
     return {k: v for k, v in metrics.items() if k != "evaluation"}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Selenium. The Debian packages are installed when missing (where the
+    tests run as root or with passwordless sudo); the test is skipped only where that cannot be done."""
+    import shutil
+
+    if not shutil.which("chromedriver"):
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        install = [*sudo, "apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+        for command in ([*sudo, "apt-get", "update", "-q"], install):
+            subprocess.run(
+                command, capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            )
+        if not shutil.which("chromedriver"):
+            pytest.skip("chromium / chromium-driver are not installed and could not be installed here")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,2000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    yield driver
+    driver.quit()

@@ -1,5 +1,7 @@
 """Test-only pieces that configs can name by ``_target_``."""
 
+from pathlib import Path
+
 import lightning as L
 
 
@@ -21,7 +23,7 @@ def wandb_records(path):
 
     from wandb.proto import wandb_internal_pb2
 
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     ident, _magic, _version = struct.unpack("<4sHB", data[:7])
     assert ident == b":W&B", path
     block, offset, pending = 32768, 7, b""

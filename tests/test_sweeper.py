@@ -118,6 +118,16 @@ def test_multi_objective_sweep_writes_a_pareto_front(tmp_path, cache_dir):
     assert all(len(p["values"]) == 2 for p in results.pareto_front)
     assert re.search(r"sweep results: ", result.stderr + result.stdout)
 
+    # The comparison report of this (in-memory) study, from its folder: the Pareto plot and front.
+    from dbexp.compare import from_sweep_folder, main
+
+    collection = from_sweep_folder(path.parent)
+    assert [r.state for r in collection.runs] == ["COMPLETE", "COMPLETE"] and all(r.values for r in collection.runs)
+    main([str(path.parent)])
+    report = (path.parent / "report" / "report.html").read_text()
+    assert (path.parent / "report" / "pareto.png").is_file() and "Pareto front: DINO vs CLIP-T" in report
+    assert report.count('<tr class="best">') == len(results.pareto_front)
+
 
 HYDRA_OPTUNA_SWEEPER_CONFIG = """
 defaults:

@@ -53,8 +53,10 @@ def test_flat_params_are_leaves_with_dotted_keys(make_cfg):
     assert json.loads(params["eval.seeds"]) == [0]
 
 
-@pytest.mark.slow
-def test_a_sweep_is_a_parent_run_with_a_child_per_trial_in_mlflow(tmp_path, cache_dir):
+@pytest.fixture(scope="module")
+def mlflow_sweep(tmp_path_factory, cache_dir) -> Path:
+    """A 2-trial tiny sweep logging to CSV, MLflow and W&B (offline) with secrets planted in its environment."""
+    tmp_path = tmp_path_factory.mktemp("mlflow_sweep")
     result = run_cli(
         "dbexp.train",
         "--multirun",
@@ -67,6 +69,12 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_trial_in_mlflow(tmp_path, cach
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MLflow parent run" in result.stdout + result.stderr
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_a_sweep_is_a_parent_run_with_a_child_per_trial_in_mlflow(mlflow_sweep):
+    tmp_path = mlflow_sweep
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("debug")
     runs = client.search_runs([experiment.experiment_id])
@@ -144,3 +152,110 @@ def test_wandb_offline_when_forced_never_writes_the_key(tmp_path, cache_dir):
     run_dir = next((tmp_path / "outputs" / "debug" / "runs").iterdir())
     assert (run_dir / "csv" / "metrics.csv").is_file() and next((run_dir / "tensorboard").glob("events.*"))
     _assert_no_secret_in(tmp_path / "outputs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["sweep folder", "experiment name"])
+def test_the_compare_report_renders_in_a_browser(mlflow_sweep, source, browser, tmp_path):
+    from dbexp.compare import main
+
+    sweep = next((mlflow_sweep / "outputs" / "debug" / "multiruns").iterdir())
+    if source == "sweep folder":
+        main([str(sweep), "--out", str(tmp_path / "report")])
+    else:
+        uri = f"sqlite:///{mlflow_sweep / 'outputs' / 'mlflow.db'}"
+        main(["debug", "--tracking-uri", uri, "--out", str(tmp_path / "report")])
+    report = tmp_path / "report" / "report.html"
+    assert {"parallel_coordinates.png", "curves.png"} <= {p.name for p in report.parent.glob("*.png")}
+    browser.get(report.as_uri())
+    rows = browser.find_elements("css selector", "table.runs tbody tr")
+    assert len(rows) == 2 and len(browser.find_elements("css selector", "table.runs tr.best")) == 1
+    samples = browser.find_elements("css selector", "table.samples td img")
+    assert len(samples) == 2 * 4  # 2 runs × (4 sample prompts × 1 seed of debug=fast)
+    figures = browser.find_elements("css selector", "figure img")
+    assert len(figures) == 2  # parallel coordinates and curves (single objective: no Pareto plot)
+    loaded = browser.execute_script(
+        "return Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length"
+    )
+    assert loaded == len(samples) + len(figures)  # every picture decodes
+    assert "trial 0" in browser.page_source and "trial 1" in browser.page_source
+
+
+def _serve(target: str, *variables: str):
+    """``make <target> VAR=…`` in its own process group; the caller kills the group."""
+    import subprocess
+
+    from tests.conftest import REPO
+
+    return subprocess.Popen(
+        ["make", "-C", str(REPO), target, *variables],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _get(url: str, deadline_s: float = 90) -> str:
+    import time
+    import urllib.request
+
+    deadline = time.time() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_dashboard_serves_the_mlflow_store(mlflow_sweep):
+    import os
+    import signal
+
+    port = _free_port()
+    server = _serve("dashboard", f"MLFLOW_DB={mlflow_sweep / 'outputs' / 'mlflow.db'}", f"PORT={port}")
+    try:
+        found = json.loads(_get(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=50"))
+        assert "debug" in {e["name"] for e in found["experiments"]}
+        client = MlflowClient(f"sqlite:///{mlflow_sweep / 'outputs' / 'mlflow.db'}")
+        child = next(
+            r
+            for r in client.search_runs([client.get_experiment_by_name("debug").experiment_id])
+            if "optuna.trial_number" in r.data.tags
+        )
+        served = _get(f"http://127.0.0.1:{port}/get-artifact?path=metrics.json&run_uuid={child.info.run_id}")
+        assert "train/loss" in json.loads(served)  # artifacts are served from the embedded store too
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_make_optuna_dashboard_serves_a_sweep_storage(tmp_path):
+    import os
+    import signal
+
+    import optuna
+
+    study = optuna.create_study(study_name="served", storage=f"sqlite:///{tmp_path / 'sweep_x.db'}")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    port = _free_port()
+    server = _serve("optuna-dashboard", f"STORAGE={tmp_path / 'sweep_x.db'}", f"OPTUNA_PORT={port}")
+    try:
+        studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies"))
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["served"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -38,11 +38,15 @@ def test_run_with_prior_leaves_the_documented_folder(make_cfg):
     for path in [".hydra/config.yaml", "checkpoints/last.ckpt", "pipeline/model_index.json", "metrics.json"]:
         assert (run_dir / path).is_file(), path
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        "final",
         "final.png",
         "step_0.png",
         "step_2.png",
         "step_4.png",
     ]
+    index = json.loads((run_dir / "samples" / "final" / "index.json").read_text())
+    assert [(i["prompt"], i["seed"]) for i in index] == [("a photo of sks dog", 0), ("a photo of dog", 0)]
+    assert all((run_dir / "samples" / "final" / i["file"]).is_file() for i in index)
     manifests = [json.loads(p.read_text()) for p in Path(cfg.paths.cache_dir).glob("class_images/*/manifest.json")]
     assert any(m["fields"]["class_prompt"] == "a photo of dog" and m["count"] >= 2 for m in manifests)
     saved = json.loads((run_dir / "metrics.json").read_text())

@@ -186,6 +186,8 @@ class DbexpOptunaSweeper(Sweeper):
     # --- the loop -----------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
         fixed, space = self.search_space(arguments)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does
         with setup_lock(self.storage):
             self.opened_storage = open_storage(self.storage)
             study = optuna.create_study(
