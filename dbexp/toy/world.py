@@ -124,9 +124,8 @@ def _surface(scene: Scene, size: int, radius: float) -> Image.Image:
     for y in range(0, size, cell):
         for x in range(0, size, cell):
             i, j = x // cell, y // cell
-            if scene.pattern == "checkered" and (i + j) % 2:
-                draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=light)
-            elif scene.pattern == "striped" and j % 2:
+            light_cell = {"checkered": (i + j) % 2, "striped": j % 2}.get(scene.pattern, 0)
+            if light_cell:
                 draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=light)
             elif scene.pattern == "dotted" and i % 2 and j % 2:
                 draw.ellipse((x, y, x + cell - 1, y + cell - 1), fill=light)
