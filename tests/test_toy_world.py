@@ -57,3 +57,25 @@ def test_pictures_show_colour_background_position_and_pattern():
     for pattern in PATTERNS[1:]:
         patterned = np.asarray(render(scene.__class__(**{**scene.__dict__, "pattern": pattern}), 32)).astype(int)
         assert np.abs(patterned - plain).sum(-1).max() > 200  # light cells on the object
+
+
+def test_the_shipped_oracle_reads_every_attribute_of_fresh_scenes():
+    from pathlib import Path
+
+    import dbexp
+    from dbexp.toy.oracle import accuracy, load
+
+    folder = Path(dbexp.__file__).parent / "assets" / "toy"
+    oracle = load(folder)
+    for degraded in (False, True):  # clean pictures, and blurred + noised ones like a small model's samples
+        assert min(accuracy(oracle, count=600, seed=777, degraded=degraded).values()) >= 0.99
+    scene = sample_scene(random.Random(5), pattern="striped", shape="triangle", color="blue", background="white")
+    assert oracle.read([render(scene)])[0] == scene.labels()
+
+
+def test_oracle_training_runs_and_saves(tmp_path):
+    from dbexp.toy.oracle import load, save, train
+
+    model, info = train(steps=3, batch_size=8, log_every=100)
+    save(model, tmp_path, info)
+    assert set(load(tmp_path).state_dict()) == set(model.state_dict()) and info["steps"] == 3
