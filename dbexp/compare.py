@@ -125,24 +125,22 @@ def _trial_folders(folder: Path, trials: dict[int, Any]) -> list[Path]:
     """Trial folders of this sweep folder, plus — for a resumed study — its other trials' folders in sibling
     sweep folders of the same task."""
     found = {int(p.name): p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
-    if trials:
+    mine = next((_study_of(p) for p in found.values()), None)
+    if trials and mine is not None:
         for sibling in sorted(folder.parent.iterdir()):
             for number in set(trials) - set(found):
                 candidate = sibling / str(number)
-                if candidate.is_dir() and _same_study(candidate, folder):
+                if candidate.is_dir() and _study_of(candidate) == mine:
                     found[number] = candidate
     return [found[n] for n in sorted(found)]
 
 
-def _same_study(trial_dir: Path, sweep_folder: Path) -> bool:
-    def study_of(path: Path) -> str | None:
-        overrides = path / ".hydra" / "overrides.yaml"
-        if not overrides.is_file():
-            return None
-        return next((o for o in OmegaConf.load(overrides) if "DBEXP_OPTUNA_STUDY" in o), None)
-
-    mine = next((study_of(p) for p in sweep_folder.iterdir() if p.is_dir() and p.name.isdigit()), None)
-    return mine is not None and study_of(trial_dir) == mine
+def _study_of(trial_dir: Path) -> str | None:
+    """The study override a trial folder was launched with (``…env_set.DBEXP_OPTUNA_STUDY=…``)."""
+    overrides = trial_dir / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    return next((o for o in OmegaConf.load(overrides) if "DBEXP_OPTUNA_STUDY" in o), None)
 
 
 def _overrides(trial_dir: Path) -> dict[str, Any]:
