@@ -51,12 +51,11 @@ def default_mlflow_uri(log_dir: str | Path) -> str:
 
 
 def local_artifact_root(tracking_uri: str) -> str | None:
-    """Artifacts of an embedded (sqlite/file) store go beside it: ``<outputs>/mlartifacts``."""
+    """Artifacts of an embedded sqlite store go beside it (``<outputs>/mlartifacts``); a file store keeps them
+    in itself and a tracking server decides (None)."""
     if tracking_uri.startswith("sqlite:///"):
         return str(Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts")
-    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
-        return None  # a file store keeps artifacts in itself
-    return None  # a tracking server decides
+    return None
 
 
 class DbexpMLFlowLogger(MLFlowLogger):
@@ -254,12 +253,13 @@ def open_loggers(cfg: dict[str, Any] | None, run_dir: Path | None = None) -> Ite
 def _finalize(loggers: list[Logger], status: str, state: str, run_dir: Path | None) -> None:
     from hydra_plugins.dbexp_optuna_sweeper.trial import trial_number
 
+    in_sweep = trial_number() is not None
     for logger in loggers:
         try:
-            if trial_number() is not None and isinstance(logger, MLFlowLogger) and logger._initialized:  # noqa: SLF001
+            if in_sweep and isinstance(logger, MLFlowLogger) and logger._initialized:  # noqa: SLF001
                 logger.experiment.set_tag(logger.run_id, "optuna.state", state)
             if isinstance(logger, WandbLogger) and logger._experiment is not None:  # noqa: SLF001
-                logger.experiment.summary["optuna_state" if trial_number() is not None else "state"] = state
+                logger.experiment.summary["optuna_state" if in_sweep else "state"] = state
             logger.finalize(status)
             if isinstance(logger, WandbLogger) and getattr(logger, "is_offline", False) and run_dir is not None:
                 _wandb_sync_note(logger, run_dir)

@@ -166,7 +166,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of work
             metric_model_folders(plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
         key = training_key(cfg, parts.identity, plan.instance_images, plan.class_photos)
-        reusable = trained_cache.find(cfg.paths.cache_dir, key) if trained_cache.enabled(cfg) else None
+        reuse = trained_cache.enabled(cfg)
+        reusable = trained_cache.find(cfg.paths.cache_dir, key) if reuse else None
         if reusable is not None:
             module, metrics = reuse_trained(cfg, plan, parts, trainer, reusable)
         else:
@@ -174,7 +175,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         pruned = next((c for c in callbacks if isinstance(c, PruningCallback) and c.pruned_at is not None), None)
         if pruned is not None:
             metrics["pruned_at_step"] = pruned.pruned_at
-        if reusable is None and pruned is None and trained_cache.enabled(cfg) and trainer.is_global_zero:
+        if reuse and reusable is None and pruned is None and trainer.is_global_zero:
             trained_cache.store(cfg.paths.cache_dir, key, module, metrics, plan.run_dir)
         if pruned is None and trainer.is_global_zero and plan.eval_prompts is not None and cfg.eval.final:
             metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, int(metrics["step"])))
