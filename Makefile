@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@! $(PY) -m pip show torchvision >/dev/null 2>&1 || { echo "torchvision got installed: remove whatever pulled it in"; exit 1; }
 	touch $(STAMP)
 
-train: $(STAMP)  ## the default run: offline, tiny model, the bundled subject
+train: $(STAMP)  ## the default run: offline, the toy model and a toy subject (~1 min on 2 CPU cores)
 	$(PY) -m dbexp.train
 
 test: $(STAMP)  ## the whole suite (slow end-to-end tests included)

@@ -8,3 +8,16 @@ __version__ = "0.1.0"
 # torchvision; dbexp never uses it (no safety checker), so transformers' fallback notice is noise.
 # Set before transformers is first imported, in every process (DDP workers start afresh).
 _logging.getLogger("transformers.utils.import_utils").setLevel(_logging.ERROR)
+
+
+def _register_resolvers() -> None:
+    """``${dbexp.asset:<path>}``: a file or folder shipped in the package (e.g. the toy model)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("dbexp.asset"):
+        OmegaConf.register_new_resolver("dbexp.asset", lambda path: str(Path(__file__).parent / "assets" / path))
+
+
+_register_resolvers()

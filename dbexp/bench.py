@@ -1,15 +1,18 @@
-"""``python -m dbexp.bench prior|cache|reuse [overrides]``: speed of the caches, as tables (benchmarks, not tests).
+"""``python -m dbexp.bench prior|cache|reuse|pruning [overrides]``: speed of caches and sweeps, as tables (not tests).
 
 * ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
   cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
 * ``cache``: median training-step time with the latent and text-embedding caches ÷ without
   (goal ≤ 0.7), measured in full Lightning runs, alternating the two settings; plus the same
   ratio from counted FLOPs (``--flops-only``: just that, for any model, e.g. ``model=sd15``).
+* ``pruning``: the toy sweep (``sweeps/toy_lr_prior_guidance.yaml``, ``--trials`` trials, TPE with a
+  fixed seed) without a pruner and with the median pruner: training steps spent and the best
+  objective of each (goal: ≤ 0.5 of the steps at a best objective within 2 %).
 * ``reuse``: a sweep trial that differs from a finished one in guidance only (it reuses the trained
   weights and samples + evaluates) ÷ a trial that trains (goal ≤ 0.1). Both are whole runs after a
   warm-up run has filled the caches a sweep's later trials find (model, class images, metric models).
 
-Overrides are the training config's (default ``model=tiny``), e.g. ``prior.num_class_images=200``.
+Overrides are the training config's (default ``model=toy``), e.g. ``prior.num_class_images=200``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -192,6 +196,60 @@ def bench_reuse(root: Path, overrides: list[str]) -> dict:
     return {"train_seconds": rows[1][2], "reuse_seconds": rows[2][2], "ratio": ratio, "ratio_beside_eval": beside}
 
 
+def bench_pruning(root: Path, overrides: list[str], trials: int = 20) -> dict:
+    """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner."""
+    import optuna
+
+    repo = Path(__file__).resolve().parents[1]
+    results = {}
+    for pruner in ("none", "median"):
+        folder, storage = root / pruner, f"sqlite:///{root / pruner}.db"
+        command = [
+            sys.executable,
+            "-m",
+            "dbexp.train",
+            "--multirun",
+            f"--config-dir={repo / 'sweeps'}",
+            "--config-name=toy_lr_prior_guidance",
+            f"hydra/sweeper/pruner={pruner}",
+            f"hydra.sweeper.storage={storage}",
+            f"hydra.sweeper.n_trials={trials}",
+            f"paths.root_dir={folder}",
+            f"paths.log_dir={folder}",
+            f"paths.runs_dir={folder / 'runs'}",
+            f"paths.cache_dir={root / 'cache'}",  # shared: class images made once
+            "reuse_trained=false",  # the same proposals must train again, not reuse the first sweep's weights
+            "callbacks.progress_bar=null",
+            *overrides,
+        ]
+        announce(f"sweep with pruner={pruner}: {trials} trials into {folder}")
+        start = time.perf_counter()
+        subprocess.run(command, check=True)
+        seconds = time.perf_counter() - start
+        study = optuna.load_study(study_name="toy_lr_prior_guidance", storage=storage)
+        trial_metrics = folder.glob("**/multiruns/*/*/metrics.json")
+        steps = [json.loads(m.read_text()).get("train/steps_run", 0) for m in trial_metrics]
+        states = [t.state.name for t in study.trials]
+        results[pruner] = {
+            "steps": int(sum(steps)),
+            "best": study.best_value,
+            "best_params": study.best_params,
+            "complete": states.count("COMPLETE"),
+            "pruned": states.count("PRUNED"),
+            "seconds": seconds,
+        }
+    none, median = results["none"], results["median"]
+    print(f"\ndbexp bench pruning — toy sweep, {trials} trials each, TPE seed 0: {_device()}")
+    print(f"{'pruner':<8} {'steps':>7} {'best eval/score':>16} {'complete':>9} {'pruned':>7} {'seconds':>8}")
+    for name, r in results.items():
+        print(f"{name:<8} {r['steps']:>7} {r['best']:>16.4f} {r['complete']:>9} {r['pruned']:>7} {r['seconds']:>8.0f}")
+    steps_ratio = median["steps"] / none["steps"]
+    gap = (none["best"] - median["best"]) / abs(none["best"])
+    print(f"steps with pruning ÷ without: {steps_ratio:.3f} (goal ≤ 0.5)")
+    print(f"best objective with pruning vs without: {-gap:+.2%} (goal: within 2 %)")
+    return {**results, "steps_ratio": steps_ratio, "best_gap": gap}
+
+
 def print_flops(model_cfg, resolution: int) -> float:
     flops = counted_flops(model_cfg, resolution)
     uncached = flops["vae_encode"] + flops["text_encoder"] + 3 * flops["unet_forward"]  # UNet: forward + backward
@@ -211,10 +269,11 @@ def _device() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prior", "cache", "reuse"])
+    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning"])
     ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
     ap.add_argument("--steps", type=int, default=100, help="cache: timed steps per run")
     ap.add_argument("--rounds", type=int, default=2, help="cache: alternating rounds of both settings")
+    ap.add_argument("--trials", type=int, default=20, help="pruning: trials per sweep")
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
     args = ap.parse_intermixed_args(argv)
@@ -225,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
             numbers = bench_prior(root, args.overrides)
         elif args.what == "reuse":
             numbers = bench_reuse(root, args.overrides)
+        elif args.what == "pruning":
+            numbers = bench_pruning(root, args.overrides, args.trials)
         elif args.flops_only:
             cfg = compose_config(root, "flops", args.overrides)
             numbers = {"counted_ratio": print_flops(cfg.model, cfg.data.resolution)}

@@ -34,7 +34,22 @@ from omegaconf import OmegaConf  # noqa: E402
 from dbexp.console import announce  # noqa: E402
 from dbexp.errors import UserInputError, exit_on_user_error  # noqa: E402
 
-METRICS = ("eval/score", "eval/dino", "eval/clip_i", "eval/clip_t", "eval/pres", "eval/div", "train/loss")
+METRICS = (
+    "eval/score",
+    "eval/dino",
+    "eval/clip_i",
+    "eval/clip_t",
+    "eval/subject_fidelity",
+    "eval/prompt_fidelity",
+    "eval/pres",
+    "eval/div",
+    "train/loss",
+)
+#: Subject fidelity vs prompt fidelity, per metric suite: (x, y, x label, y label).
+FIDELITY_AXES = (
+    ("eval/dino", "eval/clip_t", "DINO (subject fidelity)", "CLIP-T (prompt fidelity)"),
+    ("eval/subject_fidelity", "eval/prompt_fidelity", "subject fidelity (toy oracle)", "prompt fidelity (toy oracle)"),
+)
 CURVES = ("train/loss", "eval/score")
 #: Config keys that differ between runs only because each run has its own folder and name.
 PLACES = ("paths.", "logger.", "callbacks.", "trainer.default_root_dir", "task_name")
@@ -317,32 +332,22 @@ def plot_parallel_coordinates(collection: Collection, path: Path) -> Path | None
 
 
 def plot_pareto(collection: Collection, best: set[str], path: Path) -> Path | None:
-    runs = [r for r in collection.runs if "eval/dino" in r.metrics and "eval/clip_t" in r.metrics]
-    if len(collection.directions) < 2 or not runs:
+    if len(collection.directions) < 2:
         return None
+    axes = [a for a in FIDELITY_AXES if any(a[0] in r.metrics and a[1] in r.metrics for r in collection.runs)]
+    if not axes:
+        return None
+    x, y, x_label, y_label = axes[0]
+    runs = [r for r in collection.runs if x in r.metrics and y in r.metrics]
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    front = sorted((r for r in runs if r.name in best), key=lambda r: r.metrics["eval/dino"])
+    front = sorted((r for r in runs if r.name in best), key=lambda r: r.metrics[x])
     others = [r for r in runs if r.name not in best]
-    ax.scatter(
-        [r.metrics["eval/dino"] for r in others], [r.metrics["eval/clip_t"] for r in others], c="0.6", label="trials"
-    )
-    ax.plot(
-        [r.metrics["eval/dino"] for r in front],
-        [r.metrics["eval/clip_t"] for r in front],
-        "o-",
-        c="tab:red",
-        label="Pareto front",
-    )
+    ax.scatter([r.metrics[x] for r in others], [r.metrics[y] for r in others], c="0.6", label="trials")
+    ax.plot([r.metrics[x] for r in front], [r.metrics[y] for r in front], "o-", c="tab:red", label="Pareto front")
     for r in front:
-        ax.annotate(
-            r.name,
-            (r.metrics["eval/dino"], r.metrics["eval/clip_t"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("DINO (subject fidelity)")
-    ax.set_ylabel("CLIP-T (prompt fidelity)")
+        ax.annotate(r.name, (r.metrics[x], r.metrics[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -379,7 +384,7 @@ def write_report(collection: Collection, out: Path, max_runs: int = 12, max_samp
     ranked = rank(collection)
     figures = [
         ("Parameters → objective", plot_parallel_coordinates(collection, out / "parallel_coordinates.png")),
-        ("Pareto front: DINO vs CLIP-T", plot_pareto(collection, best, out / "pareto.png")),
+        ("Pareto front: subject vs prompt fidelity", plot_pareto(collection, best, out / "pareto.png")),
         ("Metrics over training steps", plot_curves(collection, out / "curves.png")),
     ]
     params = sorted({k for r in collection.runs for k in r.params})

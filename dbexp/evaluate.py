@@ -20,7 +20,7 @@ from omegaconf import MISSING, DictConfig
 from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
 from dbexp.datamodule import DataConfig, check_data_config, load_subject_images, resolve_subject
 from dbexp.errors import UserInputError, exit_on_user_error
-from dbexp.evaluation import EvalConfig, check_eval_config, eval_prompts, evaluate_at_scales, summary_table
+from dbexp.evaluation import EvalConfig, check_eval_config, check_score, eval_prompts, evaluate_at_scales, summary_table
 from dbexp.export import METADATA
 from dbexp.generate import load_pipeline
 from dbexp.metric_models import load_metric_models
@@ -56,6 +56,7 @@ def run(cfg: DictConfig) -> dict:
     real_images = load_subject_images(subject)
     prompts = eval_prompts(cfg.eval, cfg.data.token, subject.class_noun)
     suite = _suite(cfg)
+    check_score(cfg.eval, suite)
     if suite == "none":
         raise UserInputError("eval.metrics=none: nothing to evaluate; use dreambench (or tiny for test models)")
     out = Path(cfg.paths.output_dir)

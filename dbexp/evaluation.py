@@ -23,9 +23,9 @@ from PIL import Image
 from dbexp.datamodule import sample_seed
 from dbexp.dreambench import prompt_set_for, read_prompt_templates
 from dbexp.errors import UserInputError
-from dbexp.metric_models import MetricModels
-from dbexp.metrics import diversity, mean_pairwise_similarity, real_reference, text_alignment, within_set_similarity
+from dbexp.metric_models import DREAMBENCH_METRICS, MetricModels
 from dbexp.sampling import check_sampler, generate, make_grid
+from dbexp.toy.judge import TOY_METRICS
 from dbexp.tracking import log_image
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class EvalConfig:
     scheduler: str | None = None
     every_n_steps: int = 100
     at_start: bool = True
+    baseline: bool = False
     batch_size: int = 8
     metrics: str = "auto"
     dino_model: str = "facebook/dino-vits16"
@@ -54,18 +55,27 @@ class EvalConfig:
     num_prompts: int | None = None
     images_per_prompt: int = 4
     pres_images: int = 8
+    class_prompt: str = "a {class_noun}"
     guidance_scales: list[float] = field(default_factory=lambda: [7.5])
     seed: int = 0
     final: bool = True
     metrics_every_n_steps: int = 0
     subset_prompts: int = 4
     subset_images_per_prompt: int = 2
-    score: dict[str, float] = field(default_factory=lambda: {"dino": 1.0, "clip_t": 1.0})
+    score: dict[str, float] | None = None  # None: the suite's own (SUITE_SCORE)
 
 
-METRIC_SUITES = ("dreambench", "tiny", "none")
+METRIC_SUITES = ("dreambench", "tiny", "toy", "none")
 PROMPT_SETS = ("auto", "object", "live", "custom")
-SCORED = ("dino", "clip_i", "clip_t", "pres", "div")
+#: What each suite measures (``eval/<name>``; ``eval.score`` weighs them).
+SUITE_METRICS = {"dreambench": DREAMBENCH_METRICS, "tiny": DREAMBENCH_METRICS, "toy": TOY_METRICS, "none": ()}
+#: ``eval/score`` when ``eval.score`` is null: subject fidelity + prompt fidelity, as each suite measures them.
+SUITE_SCORE = {
+    "dreambench": {"dino": 1.0, "clip_t": 1.0},
+    "tiny": {"dino": 1.0, "clip_t": 1.0},
+    "toy": {"subject_fidelity": 1.0, "prompt_fidelity": 1.0},
+    "none": {},
+}
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
@@ -90,9 +100,21 @@ def check_eval_config(cfg: EvalConfig) -> None:
         )
     if cfg.pres_images < 1 or not cfg.guidance_scales:
         raise UserInputError("eval.pres_images must be >= 1 and eval.guidance_scales must hold a value")
-    unknown = set(cfg.score) - set(SCORED)
-    if unknown:
-        raise UserInputError(f"eval.score: unknown metric(s) {sorted(unknown)}; weights apply to {', '.join(SCORED)}")
+
+
+def score_weights(cfg: EvalConfig, suite: str) -> dict[str, float]:
+    """``eval.score``, or the suite's own weights when it is null."""
+    return dict(cfg.score) if cfg.score is not None else SUITE_SCORE[suite]
+
+
+def check_score(cfg: EvalConfig, suite: str) -> None:
+    """``eval.score`` may weigh only what the run's metric suite measures."""
+    unknown = set(score_weights(cfg, suite)) - set(SUITE_METRICS[suite])
+    if unknown and suite != "none":
+        raise UserInputError(
+            f"eval.score: {sorted(unknown)} not measured by the {suite} suite; "
+            f"weights apply to {', '.join(SUITE_METRICS[suite])} (eval=toy for the toy model)"
+        )
 
 
 def metric_suite(cfg: EvalConfig, model_suite: str) -> str:
@@ -104,7 +126,7 @@ def eval_metric_names(cfg: EvalConfig, suite: str) -> list[str]:
     """What evaluation adds to a run's metrics (``optimized_metric`` may name any of them)."""
     if suite == "none" or not (cfg.final or cfg.metrics_every_n_steps):
         return []
-    return [f"eval/{name}" for name in (*SCORED, "score")]
+    return [f"eval/{name}" for name in (*SUITE_METRICS[suite], "score")]
 
 
 @dataclass
@@ -129,12 +151,12 @@ def eval_prompts(cfg: EvalConfig, token: str, class_noun: str) -> EvalPrompts:
         bare = [" ".join(t.format(token="", class_noun=class_noun).split()) for t in templates]
     except (KeyError, IndexError) as err:
         raise UserInputError(f"eval prompts: unknown placeholder {err}; use {{token}} and {{class_noun}}") from None
-    return EvalPrompts(prompts=prompts, clip_prompts=bare, class_prompt=f"a {class_noun}")
+    return EvalPrompts(prompts=prompts, clip_prompts=bare, class_prompt=cfg.class_prompt.format(class_noun=class_noun))
 
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]  # eval/dino, …, eval/score and the real-images reference real/dino, real/clip_i
+    metrics: dict[str, float]  # eval/<metric>, eval/score, and the real photos' reference (real/dino, …)
     rows: list[dict]  # per prompt
     images: list[list[Image.Image]]  # per prompt
     seconds: float
@@ -178,32 +200,11 @@ def evaluate(
         progress=progress,
     )
     subject, class_images = images[: k * n], images[k * n :]
-    dino, dino_real = models.dino_embed(subject), models.dino_embed(real_images)
-    clip, clip_real = models.clip_image_embed(subject), models.clip_image_embed(real_images)
-    texts = models.clip_text_embed(prompts.clip_prompts[:k]).repeat_interleave(n, dim=0)
-    values = {
-        "dino": mean_pairwise_similarity(dino, dino_real),
-        "clip_i": mean_pairwise_similarity(clip, clip_real),
-        "clip_t": text_alignment(clip, texts),
-        "pres": mean_pairwise_similarity(models.dino_embed(class_images), dino_real),
-        "div": diversity([dino[p * n : (p + 1) * n] for p in range(k)]),
-    }
+    values, rows, reference = models.score(subject, class_images, real_images, prompts, k, n)
     metrics = {f"eval/{name}": value for name, value in values.items()}
-    metrics["eval/score"] = sum(weight * values[name] for name, weight in cfg.score.items())
-    metrics["real/dino"] = real_reference(dino_real) if len(real_images) > 1 else float("nan")
-    metrics["real/clip_i"] = real_reference(clip_real) if len(real_images) > 1 else float("nan")
-    rows = []
-    for p in range(k):
-        part = slice(p * n, (p + 1) * n)
-        rows.append(
-            {
-                "prompt": prompts.prompts[p],
-                "dino": mean_pairwise_similarity(dino[part], dino_real),
-                "clip_i": mean_pairwise_similarity(clip[part], clip_real),
-                "clip_t": text_alignment(clip[part], texts[part]),
-                "div": 1.0 - within_set_similarity(dino[part]),
-            }
-        )
+    weights = score_weights(cfg, models.description["suite"])
+    metrics["eval/score"] = sum(weight * values[name] for name, weight in weights.items())
+    metrics |= reference
     per_prompt = [subject[p * n : (p + 1) * n] for p in range(k)] + [class_images]
     return EvalResult(metrics=metrics, rows=rows, images=per_prompt, seconds=time.perf_counter() - started)
 
@@ -260,17 +261,26 @@ def evaluate_at_scales(
 
 
 def summary_table(evaluation: dict) -> str:
-    """The metrics per guidance scale as a text table (the real-images row is guidance-free)."""
-    names = ["dino", "clip_i", "clip_t", "pres", "div", "score"]
-    lines = [f"{'guidance':>8} " + " ".join(f"{n:>7}" for n in names)]
-    for scale, metrics in evaluation["guidance_scales"].items():
-        lines.append(f"{scale:>8} " + " ".join(f"{metrics[f'eval/{n}']:>7.3f}" for n in names))
+    """The metrics per guidance scale as a text table (the real photos' row is guidance-free)."""
     first = next(iter(evaluation["guidance_scales"].values()))
-    lines.append(f"{'real':>8} {first['real/dino']:>7.3f} {first['real/clip_i']:>7.3f}")
-    lines.append(
-        f"(models: DINO {evaluation['models']['dino_model']}, CLIP {evaluation['models']['clip_model']}; "
-        f"{evaluation['seconds']:.1f} s)"
-    )
+    names = [k.removeprefix("eval/") for k in first if k.startswith("eval/")]
+    width = max(7, *(len(n) for n in names))
+    lines = [f"{'guidance':>8} " + " ".join(f"{n:>{width}}" for n in names)]
+    for scale, metrics in evaluation.get("baseline", {}).items():
+        lines.append(f"{'base ' + scale:>8} " + " ".join(f"{metrics[f'eval/{n}']:>{width}.3f}" for n in names))
+    for scale, metrics in evaluation["guidance_scales"].items():
+        lines.append(f"{scale:>8} " + " ".join(f"{metrics[f'eval/{n}']:>{width}.3f}" for n in names))
+    real = [f"{first[f'real/{n}']:>{width}.3f}" if f"real/{n}" in first else " " * width for n in names]
+    lines.append(f"{'real':>8} " + " ".join(real).rstrip())
+    lines.append(f"({evaluation['models']['summary']}; {evaluation['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+def before_after(baseline: dict[str, float], final: dict[str, float], step: int) -> str:
+    """One line per metric: the base model's value → the fine-tuned one."""
+    lines = [f"base model → after {step} steps:"]
+    for key, before in baseline.items():
+        lines.append(f"  {key.removeprefix('eval/'):>16}: {before:.3f} → {final[key]:.3f} ({final[key] - before:+.3f})")
     return "\n".join(lines)
 
 

@@ -30,8 +30,10 @@ from transformers import (
 
 from dbexp.atomic_files import atomic_path
 from dbexp.dreambench import prompt_vocabulary_text
+from dbexp.metrics import diversity, mean_pairwise_similarity, real_reference, text_alignment, within_set_similarity
 from dbexp.model_loading import hub_or_folder
 from dbexp.tokenizer import build_clip_tokenizer, words_of
+from dbexp.toy.judge import ToyJudge, oracle_folder
 
 log = logging.getLogger(__name__)
 SUITES = ("dreambench", "tiny")
@@ -68,6 +70,10 @@ TINY = {
 }
 
 
+#: The DreamBooth paper's metrics, what :meth:`MetricModels.score` measures.
+DREAMBENCH_METRICS = ("dino", "clip_i", "clip_t", "pres", "div")
+
+
 @dataclass
 class MetricModels:
     dino: ViTModel
@@ -96,6 +102,38 @@ class MetricModels:
         tokens = self.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         return _features(self.clip.get_text_features(**tokens)).float().cpu()
 
+    def score(self, subject: list[Image.Image], class_images: list[Image.Image], real_images, prompts, k: int, n: int):
+        """DINO, CLIP-I, CLIP-T, PRES, DIV of ``k`` prompts × ``n`` images (``subject``, prompt-major) and the
+        bare class prompt's images → (metrics, per-prompt rows, the real photos' own reference)."""
+        dino, dino_real = self.dino_embed(subject), self.dino_embed(real_images)
+        clip, clip_real = self.clip_image_embed(subject), self.clip_image_embed(real_images)
+        texts = self.clip_text_embed(prompts.clip_prompts[:k]).repeat_interleave(n, dim=0)
+        values = {
+            "dino": mean_pairwise_similarity(dino, dino_real),
+            "clip_i": mean_pairwise_similarity(clip, clip_real),
+            "clip_t": text_alignment(clip, texts),
+            "pres": mean_pairwise_similarity(self.dino_embed(class_images), dino_real),
+            "div": diversity([dino[p * n : (p + 1) * n] for p in range(k)]),
+        }
+        rows = []
+        for p in range(k):
+            part = slice(p * n, (p + 1) * n)
+            rows.append(
+                {
+                    "prompt": prompts.prompts[p],
+                    "dino": mean_pairwise_similarity(dino[part], dino_real),
+                    "clip_i": mean_pairwise_similarity(clip[part], clip_real),
+                    "clip_t": text_alignment(clip[part], texts[part]),
+                    "div": 1.0 - within_set_similarity(dino[part]),
+                }
+            )
+        several = len(real_images) > 1
+        reference = {
+            "real/dino": real_reference(dino_real) if several else float("nan"),
+            "real/clip_i": real_reference(clip_real) if several else float("nan"),
+        }
+        return values, rows, reference
+
     def _batched(self, images, batch_size, embed, processor) -> torch.Tensor:
         out = []
         for begin in range(0, len(images), batch_size):
@@ -115,6 +153,8 @@ _LOADED: dict[tuple, MetricModels] = {}
 def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torch.device | str = "cpu") -> MetricModels:
     """The suite's embedders (``eval.dino_model``/``clip_model`` and revisions), loaded once per process."""
     dino_model, clip_model = eval_cfg.dino_model, eval_cfg.clip_model
+    if suite == "toy":  # the toy world's oracle, not embedders
+        return ToyJudge()
     key = (suite, dino_model, eval_cfg.dino_revision, clip_model, eval_cfg.clip_revision, str(device))
     if key not in _LOADED:
         dino_path, clip_path = metric_model_folders(suite, eval_cfg, cache_dir)
@@ -139,6 +179,7 @@ def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torc
                 "clip_revision": eval_cfg.clip_revision if suite != "tiny" else None,
                 "dino_preprocessing": _preprocessing(dino_processor),
                 "clip_preprocessing": _preprocessing(clip_processor),
+                "summary": f"models: DINO {dino_source}, CLIP {clip_source}",
             },
         )
         log.info("metric models: DINO %s, CLIP %s", dino_source, clip_source)
@@ -150,6 +191,8 @@ def metric_model_folders(suite: str, eval_cfg, cache_dir: str | Path) -> tuple[P
     ones) — cheap, so runs call it before the expensive work: missing weights are one line, not a lost run."""
     if suite == "tiny":
         return build_tiny(cache_dir)
+    if suite == "toy":
+        return oracle_folder(), oracle_folder()
     files = ["*.json", "*.safetensors", "*.txt"]  # safetensors only: nothing is unpickled
     return (
         hub_or_folder(eval_cfg.dino_model, "eval.dino_model", eval_cfg.dino_revision, files),

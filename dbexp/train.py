@@ -39,9 +39,12 @@ from dbexp.evaluation import (
     EvalMetricsCallback,
     EvalPrompts,
     SampleGridCallback,
+    before_after,
     check_eval_config,
+    check_score,
     eval_metric_names,
     eval_prompts,
+    evaluate,
     evaluate_at_scales,
     metric_suite,
     sample_prompts,
@@ -54,6 +57,7 @@ from dbexp.model_loading import ModelConfig, check_model_config, load_model
 from dbexp.optimization import OptimizerConfig, check_optimizer_config
 from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.pruning import PruningCallback
+from dbexp.sampling import build_pipeline, sampler
 from dbexp.tracking import describe_run, log_run_files, open_loggers
 from dbexp.trained_cache import training_key
 from hydra_plugins.dbexp_optuna_sweeper.trial import pruning_trial
@@ -106,7 +110,7 @@ class RunPlan:
     class_prompt: str | None
     class_photos: list | None  # prior.class_dir's images (else class images come from the cache)
     sample_prompts: list[str]
-    metric_suite: str  # dreambench | tiny | none
+    metric_suite: str  # dreambench | toy | tiny | none
     eval_prompts: EvalPrompts | None
     ckpt_path: str | None
 
@@ -124,6 +128,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     prior = cfg.prior.weight > 0
     prompt = instance_prompt(cfg.data, subject.class_noun)
     suite = metric_suite(cfg.eval, cfg.model.eval_metrics)
+    check_score(cfg.eval, suite)
     if suite != "none" and not subject.class_noun:
         raise UserInputError("evaluation needs the subject's class: set data.class_noun=<noun> (or eval.metrics=none)")
     available = DreamBoothModule.metric_names(prior) + eval_metric_names(cfg.eval, suite)
@@ -165,6 +170,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         parts = load_model(cfg.model, cfg.paths.cache_dir)
         if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of work
             metric_model_folders(plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
+        baseline = None
+        if plan.eval_prompts is not None and cfg.eval.final and cfg.eval.baseline and trainer.is_global_zero:
+            baseline = baseline_evaluation(cfg, plan, parts, metric_models, trainer.strategy.root_device)
         key = training_key(cfg, parts.identity, plan.instance_images, plan.class_photos)
         reuse = trained_cache.enabled(cfg)
         reusable = trained_cache.find(cfg.paths.cache_dir, key) if reuse else None
@@ -178,7 +186,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if reuse and reusable is None and pruned is None and trainer.is_global_zero:
             trained_cache.store(cfg.paths.cache_dir, key, module, metrics, plan.run_dir)
         if pruned is None and trainer.is_global_zero and plan.eval_prompts is not None and cfg.eval.final:
-            metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, int(metrics["step"])))
+            metrics.update(final_evaluation(cfg, plan, module, metric_models, loggers, int(metrics["step"]), baseline))
 
         if trainer.is_global_zero:
             if cfg.export_pipeline and pruned is None:
@@ -286,9 +294,33 @@ def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None
     return encoded
 
 
-def final_evaluation(cfg: DictConfig, plan: RunPlan, module, metric_models, loggers, step: int) -> dict[str, Any]:
+def baseline_evaluation(cfg: DictConfig, plan: RunPlan, parts, metric_models, device) -> dict[str, float]:
+    """The base model's metrics on the same prompts and seeds, at the first guidance scale: where
+    fine-tuning starts from (``eval.baseline``)."""
+    for part in (parts.unet, parts.vae, parts.text_encoder):
+        part.to(device)
+    scheduler = sampler(parts.inference_scheduler, cfg.eval.scheduler)
+    pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, scheduler)
+    scale = cfg.eval.guidance_scales[0]
+    result = evaluate(
+        pipeline,
+        metric_models(device),
+        plan.instance_images,
+        plan.eval_prompts,
+        cfg.eval,
+        scale,
+        cfg.data.resolution,
+        progress=f"base model evaluation (guidance {scale:g})",
+    )
+    return {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
+
+
+def final_evaluation(
+    cfg: DictConfig, plan: RunPlan, module, metric_models, loggers, step: int, baseline: dict | None = None
+) -> dict[str, Any]:
     """The full DreamBooth evaluation of the fine-tuned model: ``eval/*`` of the first guidance scale
-    (flat, for ``optimized_metric``) plus every scale under ``evaluation`` (also ``<run>/eval/``)."""
+    (flat, for ``optimized_metric``) plus every scale under ``evaluation`` (also ``<run>/eval/``);
+    with a ``baseline``, the base model's values as ``base/*`` and a before/after line."""
     with module.sampling(cfg.eval.scheduler) as pipeline:
         evaluation = evaluate_at_scales(
             pipeline,
@@ -302,11 +334,16 @@ def final_evaluation(cfg: DictConfig, plan: RunPlan, module, metric_models, logg
             step,
         )
     release_metric_models()
+    if baseline is not None:
+        evaluation["baseline"] = {f"{cfg.eval.guidance_scales[0]:g}": baseline}
     announce(summary_table(evaluation))
     first = next(iter(evaluation["guidance_scales"].values()))
+    base = {f"base/{k.removeprefix('eval/')}": v for k, v in (baseline or {}).items()}
     for logger in loggers:  # the objective's scale also under the plain names (eval/score, …)
-        logger.log_metrics(first, step=step)
-    return {**first, "evaluation": evaluation}
+        logger.log_metrics(first | base, step=step)
+    if baseline is not None:
+        announce(before_after(baseline, first, step))
+    return {**first, **base, "evaluation": evaluation}
 
 
 def _is_list(names: Any) -> bool:

@@ -16,8 +16,10 @@ import dbexp.train  # noqa: F401  (registers the schemas in Hydra's ConfigStore)
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-#: A run in seconds: few steps, few and cheap class images and samples.
+#: A run in seconds: the random tiny model (the DreamBench dog, DreamBench metrics on tiny embedders),
+#: few steps, few and cheap class images and samples. The toy model has its own tests.
 FAST = [
+    "model=tiny",
     "trainer.max_steps=4",
     "trainer.log_every_n_steps=1",
     "prior.num_class_images=2",

@@ -19,7 +19,7 @@ def test_bench_prior_and_cache_print_their_tables(tmp_path, capsys):
     main(["cache", "--steps", "3", "--rounds", "1", "prior.num_class_images=2", "prior.num_inference_steps=2"])
     out = capsys.readouterr().out
     assert "without caches" in out and "with caches" in out and "training step with caches ÷ without" in out
-    assert "counted TFLOP per sample, model=tiny" in out
+    assert "counted TFLOP per sample, model=toy" in out
 
 
 def test_counted_flops_match_the_reference_figure_for_sd15(tmp_path):
@@ -36,3 +36,14 @@ def test_bench_reuse_prints_its_table(capsys):
     steps = [line.split()[-3] for line in out.splitlines() if line.startswith(("warm-up", "trains", "guidance only"))]
     assert steps == ["4", "4", "0"]  # the guidance-only trial runs no training step
     assert "guidance-only trial ÷ training trial:" in out
+
+
+def test_bench_pruning_runs_both_sweeps_and_prints_steps_and_best(capsys, tmp_path):
+    smoke = ["debug=fast", "trainer.max_steps=4", "eval.metrics_every_n_steps=2", "eval.subset_prompts=1"]
+    main(["pruning", "--trials", "2", *smoke, "--json", str(tmp_path / "p.json")])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("none ", "median "))}
+    assert set(rows) == {"none", "median"} and int(rows["none"][0]) == 8  # 2 trials × 4 steps, nothing pruned
+    numbers = json.loads((tmp_path / "p.json").read_text())
+    assert numbers["none"]["complete"] == 2 and "steps with pruning ÷ without" in out
+    assert numbers["median"]["steps"] == 8  # the second sweep trains again (no reuse of the first's weights)

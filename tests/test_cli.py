@@ -42,7 +42,7 @@ def test_unknown_group_option_is_refused_by_hydra(tmp_path):
 
 
 def test_offline_hub_id_gives_one_line_with_the_fix(tmp_path):
-    result = run_cli("dbexp.train", "model=sd15", f"paths.cache_dir={tmp_path / 'cache'}", *FAST, cwd=tmp_path)
+    result = run_cli("dbexp.train", f"paths.cache_dir={tmp_path / 'cache'}", *FAST, "model=sd15", cwd=tmp_path)
     assert result.returncode == 2
     line = _one_error_line(result.stderr)
     assert "model.pretrained=stable-diffusion-v1-5/stable-diffusion-v1-5" in line

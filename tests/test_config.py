@@ -48,9 +48,18 @@ def test_groups_named_in_the_issue_exist():
 
 def test_defaults(tmp_path):
     cfg = compose_train(tmp_path, tmp_path / "cache")
-    assert cfg.model.name == "tiny" and cfg.prior.weight == 1.0 and cfg.data.token == "sks"
-    assert cfg.data.prompt_template == "a photo of {token} {class_noun}"
+    assert cfg.model.name == "toy" and cfg.prior.weight == 1.0 and cfg.data.token == "sks"
+    # the toy model brings the toy world's data, prior, optimizer and evaluation
+    assert (cfg.data.subject, cfg.prior.class_prompt, cfg.eval.metrics) == (
+        "checkered_circle",
+        "a photo of a {class_noun}",
+        "toy",
+    )
+    assert cfg.data.prompt_template == "a photo of a {token} {class_noun}"
     assert cfg.data.resolution == 32  # follows model.resolution
+    tiny = compose_train(tmp_path, tmp_path / "c", "model=tiny")  # any other model: the DreamBench defaults
+    assert (tiny.data.subject, tiny.data.prompt_template) == ("dog", "a photo of {token} {class_noun}")
+    assert compose_train(tmp_path, tmp_path / "c", "data=default").data.subject == "dog"  # the command line wins
     assert compose_train(tmp_path, tmp_path / "c", "prior=none").prior.weight == 0.0
     assert compose_train(tmp_path, tmp_path / "c", "model=sd15").data.resolution == 512
 

@@ -1,5 +1,7 @@
 """Model loading: tiny goes through the same loader as SD1.5; random init matches the real architectures."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -11,7 +13,7 @@ from tests.conftest import compose_train
 
 
 def test_tiny_is_built_once_into_the_cache_and_loaded_from_there(tmp_path):
-    cfg = compose_train(tmp_path, tmp_path / "cache")
+    cfg = compose_train(tmp_path, tmp_path / "cache", "model=tiny")
     first = load_model(cfg.model, cfg.paths.cache_dir)
     built = list((tmp_path / "cache" / "models").iterdir())
     assert len(built) == 1 and (built[0] / "model_index.json").is_file()
@@ -94,3 +96,19 @@ def test_a_folder_that_is_not_a_diffusers_model(tmp_path):
     cfg = compose_train(tmp_path, tmp_path / "cache", "model=sd15", f"model.pretrained={tmp_path / 'weights'}")
     with pytest.raises(UserInputError, match="not a diffusers Stable Diffusion folder"):
         load_model(cfg.model, tmp_path / "cache")
+
+
+def test_the_default_toy_model_loads_from_the_package_through_the_sd_loader(tmp_path):
+    import json
+
+    cfg = compose_train(tmp_path, tmp_path / "cache")
+    assert cfg.model.name == "toy" and Path(cfg.model.pretrained).is_dir()
+    parts = load_model(cfg.model, cfg.paths.cache_dir)
+    folder = Path(cfg.model.pretrained)
+    assert parts.source == str(folder) and not (tmp_path / "cache" / "models").exists()  # nothing built
+    weights = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+    assert weights <= 20 * 2**20 and not list(folder.rglob("*.bin"))  # safetensors only, ≤ 20 MB
+    prompt = "a photo of a sks checkered circle on the left"
+    assert parts.tokenizer.tokenize(prompt) == [f"{w}</w>" for w in prompt.split(" ")]  # a token per word
+    report = json.loads((folder / "toy_pretrain.json").read_text())
+    assert report["seconds"] <= 3600 and report["base_prompt_fidelity"]["3"]["prompt_fidelity"] >= 0.8

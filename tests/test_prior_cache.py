@@ -33,6 +33,13 @@ def _same(a, b):
     return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
 
 
+def _close(a, b):
+    """Equal up to one grey level: another batch size rounds the batched matmuls differently."""
+    return all(
+        np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 1 for x, y in zip(a, b, strict=True)
+    )
+
+
 def test_miss_hit_and_partial_top_up(parts, tmp_path):
     first = class_images(_cfg(num_class_images=3), parts, PROMPT, 32, tmp_path)
     assert (first.reused, first.generated) == (0, 3)
@@ -43,9 +50,9 @@ def test_miss_hit_and_partial_top_up(parts, tmp_path):
     fewer = class_images(_cfg(num_class_images=2), parts, PROMPT, 32, tmp_path)
     assert (fewer.reused, fewer.generated) == (2, 0) and _same(fewer.images, first.images[:2])
     assert sorted(p.name for p in first.folder.glob("*.png")) == [f"{i:06d}.png" for i in range(5)]
-    # Image i depends on seed + i only: topping up 3 → 5 equals making 5 at once.
+    # Image i depends on seed + i only: topping up 3 → 5 equals making 5 at once (in 4-image batches).
     fresh = class_images(_cfg(num_class_images=5, batch_size=4), parts, PROMPT, 32, tmp_path / "other")
-    assert _same(fresh.images, topped.images)
+    assert _close(fresh.images, topped.images)
 
 
 def test_the_manifest_records_the_key_fields(parts, tmp_path):

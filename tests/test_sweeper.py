@@ -125,7 +125,7 @@ def test_multi_objective_sweep_writes_a_pareto_front(tmp_path, cache_dir):
     assert [r.state for r in collection.runs] == ["COMPLETE", "COMPLETE"] and all(r.values for r in collection.runs)
     main([str(path.parent)])
     report = (path.parent / "report" / "report.html").read_text()
-    assert (path.parent / "report" / "pareto.png").is_file() and "Pareto front: DINO vs CLIP-T" in report
+    assert (path.parent / "report" / "pareto.png").is_file() and "Pareto front: subject vs prompt fidelity" in report
     assert report.count('<tr class="best">') == len(results.pareto_front)
 
 

@@ -59,6 +59,12 @@ class ToyOracle(nn.Module):
         return {name: head(hidden) for name, head in self.heads.items()}
 
     @torch.no_grad()
+    def embed(self, images) -> torch.Tensor:
+        """The hidden features every head reads from (what DIV compares, as DINO's in DreamBench)."""
+        self.eval()
+        return self.body(self.features(to_pixels(images)))
+
+    @torch.no_grad()
     def read(self, images) -> list[dict[str, str]]:
         """What each PIL image shows, attribute by attribute."""
         self.eval()

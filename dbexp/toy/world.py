@@ -93,6 +93,28 @@ def random_caption(scene: Scene, rng: random.Random, drop: float = 0.3) -> tuple
     return caption(scene, named), named
 
 
+def parse_caption(text: str) -> dict[str, str]:
+    """The attributes a prompt asks for (words outside the grammar, e.g. an identifier, are ignored):
+    ``"a photo of a sks red circle on the left"`` → ``{"color": "red", "shape": "circle", "position": "left"}``."""
+    words = text.lower().split()
+    asked: dict[str, str] = {}
+    for i, word in enumerate(words):
+        following = words[i + 1] if i + 1 < len(words) else ""
+        if word in SHAPES:
+            asked["shape"] = word
+        elif word in SIZES:
+            asked["size"] = word
+        elif word in PATTERNS and word != "plain":
+            asked["pattern"] = word
+        elif word in BACKGROUNDS and following == "background":
+            asked["background"] = word
+        elif word in COLORS:
+            asked["color"] = word
+        elif word in POSITIONS and i > 0 and words[i - 1] == "the":
+            asked["position"] = word
+    return asked
+
+
 def render(scene: Scene, resolution: int = 32, supersample: int = 8) -> Image.Image:
     """The scene as an RGB image of ``resolution`` pixels."""
     size = resolution * supersample
