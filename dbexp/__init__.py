@@ -1,6 +1,7 @@
 """dbexp: a Hydra-driven experiment framework for DreamBooth fine-tuning of Stable Diffusion."""
 
 import logging as _logging
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -10,14 +11,16 @@ __version__ = "0.1.0"
 _logging.getLogger("transformers.utils.import_utils").setLevel(_logging.ERROR)
 
 
-def _register_resolvers() -> None:
-    """``${dbexp.asset:<path>}``: a file or folder shipped in the package (e.g. the toy model)."""
-    from pathlib import Path
+def asset(path: str) -> Path:
+    """A file or folder shipped in the package (``dbexp/assets/<path>``); ``${dbexp.asset:<path>}`` in configs."""
+    return Path(__file__).parent / "assets" / path
 
+
+def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("dbexp.asset"):
-        OmegaConf.register_new_resolver("dbexp.asset", lambda path: str(Path(__file__).parent / "assets" / path))
+        OmegaConf.register_new_resolver("dbexp.asset", lambda path: str(asset(path)))
 
 
 _register_resolvers()

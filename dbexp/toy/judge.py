@@ -18,14 +18,16 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
+import torch
 from PIL import Image
 
+from dbexp import asset
 from dbexp.errors import UserInputError
 from dbexp.metrics import diversity as feature_diversity
 from dbexp.toy import oracle as oracle_lib
 from dbexp.toy.world import parse_caption
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "toy"
+ASSETS = asset("toy")
 #: What makes a picture the subject: the attributes a subject keeps in every photo.
 SUBJECT_ATTRIBUTES = ("shape", "color", "pattern")
 #: What the toy suite measures (``eval/<name>``).
@@ -48,9 +50,18 @@ def shipped_oracle() -> oracle_lib.ToyOracle:
 
 
 def read(images: Sequence[Image.Image]) -> list[dict[str, str]]:
-    """What each picture shows, in batches of 256."""
-    model = shipped_oracle()
-    return [labels for begin in range(0, len(images), 256) for labels in model.read(images[begin : begin + 256])]
+    """What each picture shows."""
+    return read_and_embed(images)[0]
+
+
+def read_and_embed(images: Sequence[Image.Image]) -> tuple[list[dict[str, str]], torch.Tensor]:
+    """What each picture shows and the oracle's features of it (one pass), in batches of 256."""
+    readings, features = [], []
+    for begin in range(0, len(images), 256):
+        labels, hidden = shipped_oracle().read_and_embed(images[begin : begin + 256])
+        readings += labels
+        features.append(hidden)
+    return readings, torch.cat(features)
 
 
 def prompt_fidelity(readings: Sequence[dict[str, str]], prompts: Sequence[str]) -> float:
@@ -105,7 +116,7 @@ class ToyJudge:
         → (metrics, per-prompt rows, how consistently the photos themselves read as the subject)."""
         real = read(real_images)
         who = identity(real)
-        readings, features = read(subject), shipped_oracle().embed(subject)
+        readings, features = read_and_embed(subject)
         asked = [prompts.prompts[p] for p in range(k) for _ in range(n)]
         values = {
             "subject_fidelity": subject_fidelity(readings, who),

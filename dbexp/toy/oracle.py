@@ -59,18 +59,17 @@ class ToyOracle(nn.Module):
         return {name: head(hidden) for name, head in self.heads.items()}
 
     @torch.no_grad()
-    def embed(self, images) -> torch.Tensor:
-        """The hidden features every head reads from (what DIV compares, as DINO's in DreamBench)."""
+    def read_and_embed(self, images) -> tuple[list[dict[str, str]], torch.Tensor]:
+        """What each PIL image shows, attribute by attribute, and the hidden features every head reads
+        from (what DIV compares, as DINO's in DreamBench)."""
         self.eval()
-        return self.body(self.features(to_pixels(images)))
+        hidden = self.body(self.features(to_pixels(images)))
+        picks = {name: head(hidden).argmax(-1).tolist() for name, head in self.heads.items()}
+        return [{name: HEADS[name][picks[name][i]] for name in HEADS} for i in range(len(images))], hidden
 
-    @torch.no_grad()
     def read(self, images) -> list[dict[str, str]]:
         """What each PIL image shows, attribute by attribute."""
-        self.eval()
-        logits = self(to_pixels(images))
-        picks = {name: logits[name].argmax(-1).tolist() for name in HEADS}
-        return [{name: HEADS[name][picks[name][i]] for name in HEADS} for i in range(len(images))]
+        return self.read_and_embed(images)[0]
 
 
 def to_pixels(images) -> torch.Tensor:
