@@ -9,6 +9,9 @@ __version__ = "0.1.0"
 # torchvision; dbexp never uses it (no safety checker), so transformers' fallback notice is noise.
 # Set before transformers is first imported, in every process (DDP workers start afresh).
 _logging.getLogger("transformers.utils.import_utils").setLevel(_logging.ERROR)
+# peft imports bitsandbytes when it is installed; on CPUs with AVX512-BF16 it then warns that its 4-bit
+# inference kernels are missing. dbexp uses bitsandbytes for 8-bit AdamW only.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 
 def asset(path: str) -> Path:

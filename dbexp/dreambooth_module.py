@@ -1,8 +1,9 @@
 """The DreamBooth training task as a LightningModule (owner of the model group's training keys).
 
 The VAE is frozen (eval mode, no grad, never in the optimizer); the UNet is trained; the text
-encoder only with ``model.train_text_encoder``. Checkpoints hold the trained parts only: the
-frozen ones come back from the base model on resume.
+encoder only with ``model.train_text_encoder``. With ``model.finetune=lora`` the base weights are
+frozen too and only LoRA adapters train. Checkpoints hold the trained weights only (the parameters
+that require grad): the frozen ones come back from the base model on resume.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from diffusers import StableDiffusionPipeline
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
 from dbexp.encoding_cache import tokenize
 from dbexp.errors import UserInputError
+from dbexp.lora import attach_adapters
 from dbexp.losses import dreambooth_loss
+from dbexp.memory import MemoryConfig, apply_memory_settings
 from dbexp.model_loading import ModelConfig, ModelParts
 from dbexp.optimization import OptimizerConfig, build_lr_scheduler, build_optimizer
 from dbexp.sampling import build_pipeline, sampler
@@ -35,23 +38,32 @@ class DreamBoothModule(L.LightningModule):
         prior_weight: float,
         seed: int,
         text_embeddings: list[torch.Tensor] | None = None,
+        memory_cfg: MemoryConfig | None = None,
+        offload: tuple[str, ...] = (),
     ) -> None:
         """``text_embeddings``: the frozen text encoder's output for [instance prompt, class prompt]
-        (from the cache), used instead of running the encoder every step."""
+        (from the cache), used instead of running the encoder every step. ``offload``: frozen parts
+        ("vae", "text_encoder") whose outputs come from the caches, kept on the CPU while training."""
         super().__init__()
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         self.tokenizer = parts.tokenizer
         self.noise_scheduler, self.inference_scheduler = parts.noise_scheduler, parts.inference_scheduler
+        self.base_source = parts.source  # what a LoRA export points to
         self.model_cfg, self.optimizer_cfg = model_cfg, optimizer_cfg
+        self.memory_cfg = memory_cfg or MemoryConfig()
         self.prior_weight, self.seed = prior_weight, seed
         self.train_text_encoder = model_cfg.train_text_encoder
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.vae.requires_grad_(False)
-        self.text_encoder.requires_grad_(self.train_text_encoder)
-        if model_cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            if self.train_text_encoder:
-                self.text_encoder.gradient_checkpointing_enable()
+        if model_cfg.finetune == "lora":
+            attach_adapters(self.unet, self.text_encoder, model_cfg.lora, self.train_text_encoder)
+        else:
+            self.unet.requires_grad_(True)
+            self.text_encoder.requires_grad_(self.train_text_encoder)
+        apply_memory_settings(self.memory_cfg, self.unet, self.vae, self.text_encoder, self.train_text_encoder)
+        if set(offload) - {"vae", "text_encoder"} or ("text_encoder" in offload and self.train_text_encoder):
+            raise ValueError(f"only frozen parts can be offloaded, not {offload}")
+        self.offload = tuple(offload)
         self.register_buffer("instance_ids", tokenize(self.tokenizer, instance_prompt), persistent=False)
         class_ids = tokenize(self.tokenizer, class_prompt) if class_prompt is not None else torch.empty(0).long()
         self.register_buffer("class_ids", class_ids, persistent=False)
@@ -84,6 +96,7 @@ class DreamBoothModule(L.LightningModule):
         grad; the previous mode comes back afterwards."""
         was_training = self.training
         self.eval()
+        self._place_offloaded(self.device)
         try:
             with torch.no_grad():
                 yield build_pipeline(
@@ -94,7 +107,12 @@ class DreamBoothModule(L.LightningModule):
                     sampler(self.inference_scheduler, sampler_name),
                 )
         finally:
+            self._place_offloaded(torch.device("cpu"))
             self.train(was_training)
+
+    def _place_offloaded(self, device: torch.device) -> None:
+        for name in self.offload:
+            getattr(self, name).to(device)
 
     @staticmethod
     def metric_names(prior: bool) -> list[str]:
@@ -114,31 +132,42 @@ class DreamBoothModule(L.LightningModule):
         # from_pretrained returns modules in eval mode and Lightning keeps modes as it finds them:
         # set them here, or a resumed run (which draws no step-0 samples) would train in eval mode.
         self.train()
+        self._place_offloaded(torch.device("cpu"))  # Lightning moved every part to the device
 
     def on_train_start(self) -> None:
         self.start_step = self.trainer.global_step  # after a resumed checkpoint is restored
 
-    def trained_prefixes(self) -> tuple[str, ...]:
-        return ("unet.", "text_encoder.") if self.train_text_encoder else ("unet.",)
+    def trained_keys(self) -> set[str]:
+        """State-dict names of the trained weights (full: UNet [+ text encoder]; lora: the adapters)."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        trained = self.trained_keys()
+        return {k: v for k, v in self.state_dict().items() if k in trained}
 
     def configure_optimizers(self) -> dict[str, Any]:
+        unet_params = [p for p in self.unet.parameters() if p.requires_grad]
         te_params = [p for p in self.text_encoder.parameters() if p.requires_grad] if self.train_text_encoder else []
-        optimizer = build_optimizer(self.optimizer_cfg, list(self.unet.parameters()), te_params)
+        optimizer = build_optimizer(
+            self.optimizer_cfg, unet_params, te_params, eight_bit=self.memory_cfg.optimizer_8bit
+        )
         scheduler = build_lr_scheduler(self.optimizer_cfg, optimizer, max(1, self.trainer.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=self.memory_cfg.set_to_none)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trained = self.trained_prefixes()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(trained)}
+        trained = self.trained_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Loading is not strict (frozen parts are absent), so check that every trained weight is there.
-        expected = {k for k in self.state_dict() if k.startswith(self.trained_prefixes())}
-        missing = sorted(expected - checkpoint["state_dict"].keys())
+        missing = sorted(self.trained_keys() - checkpoint["state_dict"].keys())
         if missing:
             raise UserInputError(
                 f"ckpt_path: the checkpoint lacks {len(missing)} of this run's trained weights (e.g. {missing[0]}); "
-                "it was made with another model or with model.train_text_encoder set differently"
+                "it was made with another model, or with model.train_text_encoder or model.finetune set differently"
             )
 
     # --- the training step ----------------------------------------------------------------------

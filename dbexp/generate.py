@@ -5,6 +5,7 @@ Image i uses seed ``seed + i``; the images and a grid go into this command's own
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ from omegaconf import MISSING, DictConfig
 
 from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
 from dbexp.errors import UserInputError, exit_on_user_error
+from dbexp.export import METADATA
+from dbexp.lora import is_lora_export
+from dbexp.model_loading import hub_or_folder
 from dbexp.sampling import check_sampler, generate, make_grid, sampler
 
 log = logging.getLogger("dbexp.generate")
@@ -54,15 +58,18 @@ ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
 
 
 def load_pipeline(folder: str, device: str, dtype: str):
-    """An exported (or any diffusers) Stable Diffusion folder, on ``device`` in ``dtype``."""
+    """An exported (or any diffusers) Stable Diffusion folder — or a LoRA export, put on the base model
+    it names — on ``device`` in ``dtype``."""
     from diffusers import StableDiffusionPipeline
 
     path = Path(folder).expanduser()
-    if not (path / "model_index.json").is_file():
+    lora = is_lora_export(path)
+    if not lora and not (path / "model_index.json").is_file():
         raise UserInputError(
-            f"pipeline={folder}: not a diffusers pipeline folder (no model_index.json); "
+            f"pipeline={folder}: not a diffusers pipeline folder (no model_index.json) nor a dbexp LoRA export; "
             "give <run dir>/pipeline of a finished dbexp.train run"
         )
+    source = lora_base_folder(path) if lora else path
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
@@ -70,9 +77,22 @@ def load_pipeline(folder: str, device: str, dtype: str):
     if dtype not in DTYPES:
         raise UserInputError(f"dtype={dtype}: use auto, {', '.join(DTYPES)}")
     pipeline = StableDiffusionPipeline.from_pretrained(
-        path, dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False, use_safetensors=True
+        source, dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False, use_safetensors=True
     )
+    if lora:
+        pipeline.load_lora_weights(path)
     return pipeline.to(device)
+
+
+def lora_base_folder(export: Path) -> Path:
+    """The base model a LoRA export was trained on (its ``dbexp.json``): a folder, or a hub snapshot."""
+    metadata = export / METADATA
+    base = json.loads(metadata.read_text()).get("base", {}) if metadata.is_file() else {}
+    source = base.get("pretrained")
+    if not source or source == "random":
+        why = "was built with random weights (model.init=random), which were not saved" if source else "is not named"
+        raise UserInputError(f"pipeline={export}: the base model of this LoRA export {why} in {metadata}")
+    return hub_or_folder(source, f"the base model of {metadata}", base.get("revision"))
 
 
 def run(cfg: DictConfig) -> list[Path]:

@@ -27,6 +27,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from dbexp.atomic_files import atomic_path
 from dbexp.dreambench import prompt_vocabulary_text
 from dbexp.errors import UserInputError
+from dbexp.lora import LoraSettings, check_lora_settings
 from dbexp.sampling import build_pipeline
 from dbexp.tokenizer import build_clip_tokenizer, words_of
 
@@ -53,7 +54,8 @@ class ModelConfig:
     resolution: int = 512
     prediction_type: str | None = None
     train_text_encoder: bool = False
-    gradient_checkpointing: bool = False
+    finetune: str = "full"  # full | lora
+    lora: LoraSettings = field(default_factory=LoraSettings)
     min_snr_gamma: float | None = None
     noise_offset: float = 0.0
     eval_metrics: str = "dreambench"
@@ -97,6 +99,7 @@ def check_model_config(cfg: ModelConfig) -> None:
         )
     if cfg.min_snr_gamma is not None and cfg.min_snr_gamma <= 0:
         raise UserInputError(f"model.min_snr_gamma={cfg.min_snr_gamma}: must be > 0 (or null to disable)")
+    check_lora_settings(cfg.finetune, cfg.lora)
 
 
 def load_model(cfg: ModelConfig, cache_dir: str | Path) -> ModelParts:

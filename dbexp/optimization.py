@@ -12,6 +12,7 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from dbexp.errors import UserInputError
+from dbexp.memory import adamw_8bit_class
 
 OPTIMIZERS = ("adamw", "sgd")
 #: Our names → diffusers' schedule names (each accepts a warm-up; "constant" with 0 warm-up is flat).
@@ -50,9 +51,13 @@ def check_optimizer_config(cfg: OptimizerConfig) -> None:
 
 
 def build_optimizer(
-    cfg: OptimizerConfig, unet_params: list[torch.nn.Parameter], text_encoder_params: list[torch.nn.Parameter]
+    cfg: OptimizerConfig,
+    unet_params: list[torch.nn.Parameter],
+    text_encoder_params: list[torch.nn.Parameter],
+    eight_bit: bool = False,
 ) -> torch.optim.Optimizer:
-    """One optimizer, one parameter group per trained part (each with its own learning rate)."""
+    """One optimizer, one parameter group per trained part (each with its own learning rate);
+    ``eight_bit``: AdamW with 8-bit moments (``memory.optimizer_8bit``, bitsandbytes)."""
     groups = [{"params": unet_params, "lr": cfg.lr, "name": "unet"}]
     if text_encoder_params:
         te_lr = cfg.text_encoder_lr if cfg.text_encoder_lr is not None else cfg.lr
@@ -61,7 +66,8 @@ def build_optimizer(
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
         )
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    adamw = adamw_8bit_class() if eight_bit else torch.optim.AdamW
+    return adamw(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def build_lr_scheduler(

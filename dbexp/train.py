@@ -50,7 +50,8 @@ from dbexp.evaluation import (
     sample_prompts,
     summary_table,
 )
-from dbexp.export import export_pipeline
+from dbexp.export import describe_export, export_pipeline
+from dbexp.memory import MemoryConfig, check_memory_config
 from dbexp.metric_models import load_metric_models, metric_model_folders
 from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelConfig, check_model_config, load_model
@@ -90,6 +91,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     prior: PriorConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    memory: MemoryConfig = MISSING
     eval: EvalConfig = MISSING
     paths: PathsConfig = MISSING
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +122,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_model_config(cfg.model)
     check_data_config(cfg.data)
     check_optimizer_config(cfg.optimizer)
+    check_memory_config(cfg.memory, cfg.optimizer.name)
     check_eval_config(cfg.eval)
     if int(cfg.trainer.get("max_steps", -1)) < 1:
         raise UserInputError("trainer.max_steps must be >= 1: DreamBooth training is counted in steps")
@@ -190,7 +193,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         if trainer.is_global_zero:
             if cfg.export_pipeline and pruned is None:
-                announce(f"pipeline: {export_pipeline(module, plan.run_dir / 'pipeline')}")
+                announce(f"pipeline: {describe_export(export_pipeline(module, plan.run_dir / 'pipeline'))}")
             (plan.run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
             log_run_files(loggers, plan.run_dir)
             announce(f"run dir: {plan.run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
@@ -210,7 +213,7 @@ def fit(cfg: DictConfig, plan: RunPlan, parts, trainer: L.Trainer) -> tuple[Drea
     datamodule = DreamBoothDataModule(
         cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
     )
-    module = make_module(cfg, plan, parts, encoded.text_embeddings)
+    module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded))
     trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics |= {"step": trainer.global_step, "train/steps_run": trainer.global_step - module.start_step}
@@ -228,7 +231,7 @@ def reuse_trained(cfg: DictConfig, plan: RunPlan, parts, trainer: L.Trainer, ent
     return module, {**entry.metrics, "train/steps_run": 0, "reused_weights": entry.key}
 
 
-def make_module(cfg: DictConfig, plan: RunPlan, parts, text_embeddings) -> DreamBoothModule:
+def make_module(cfg: DictConfig, plan: RunPlan, parts, text_embeddings, offload=()) -> DreamBoothModule:
     return DreamBoothModule(
         parts,
         cfg.model,
@@ -238,7 +241,20 @@ def make_module(cfg: DictConfig, plan: RunPlan, parts, text_embeddings) -> Dream
         cfg.prior.weight,
         cfg.seed,
         text_embeddings=text_embeddings,
+        memory_cfg=cfg.memory,
+        offload=offload,
     )
+
+
+def offloadable(cfg: DictConfig, encoded: Encoded) -> tuple[str, ...]:
+    """``memory.offload_frozen``: the frozen parts whose outputs all come from the caches."""
+    if not cfg.memory.offload_frozen:
+        return ()
+    parts = ("vae",) if encoded.instance_latents is not None else ()
+    parts += ("text_encoder",) if encoded.text_embeddings is not None else ()
+    if not parts:
+        log.warning("memory.offload_frozen: nothing to offload (data.cache_latents / cache_text_embeddings are off)")
+    return parts
 
 
 def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Callback]:

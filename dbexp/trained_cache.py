@@ -7,9 +7,9 @@ per-part content fingerprints, the pixels of the instance (and user class) photo
 version. Training's randomness comes from per-sample generators seeded by ``seed``, so sample grids or
 in-training evaluations do not change the weights (tested).
 
-An entry is ``<cache>/trained/<key>/``: ``weights.safetensors`` (the trained parts only — the UNet,
-and the text encoder when it trains; frozen parts come from the base model) and ``manifest.json``
-(key fields, the training metrics at the end, the run it came from, last use). Entries are written
+An entry is ``<cache>/trained/<key>/``: ``weights.safetensors`` (the trained weights only — the UNet,
+and the text encoder when it trains, or their LoRA adapters; frozen parts come from the base model) and
+``manifest.json`` (key fields, the training metrics at the end, the run it came from, last use). Entries are written
 under a temporary name and renamed; ``python -m dbexp.cache prune --kind trained`` removes them.
 """
 
@@ -112,8 +112,7 @@ class TrainedEntry:
     def load_into(self, module) -> None:
         """Put the cached trained weights into ``module`` (the frozen parts stay the base model's)."""
         weights = load_file(self.folder / WEIGHTS)
-        expected = {k for k in module.state_dict() if k.startswith(module.trained_prefixes())}
-        if set(weights) != expected:
+        if set(weights) != module.trained_keys():
             raise RuntimeError(f"trained cache entry {self.folder} does not match this model's trained weights")
         module.load_state_dict(weights, strict=False)
 
@@ -139,8 +138,7 @@ def store(cache_dir: str | Path, key: str, module, metrics: dict[str, float], so
     folder = Path(cache_dir) / KIND / key
     if (folder / MANIFEST).is_file():
         return folder
-    trained = module.trained_prefixes()
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items() if k.startswith(trained)}
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in module.trained_state_dict().items()}
     now = datetime.now(UTC).isoformat()
     manifest = {
         "key": key,

@@ -13,6 +13,7 @@ GROUPS = [
     "optimizer",
     "eval",
     "trainer",
+    "memory",
     "callbacks",
     "logger",
     "paths",
@@ -40,7 +41,8 @@ def test_groups_named_in_the_issue_exist():
         "prior": {"default", "none"},
         "optimizer": {"adamw", "sgd"},
         "logger": {"csv", "tensorboard", "many", "none"},
-        "trainer": {"cpu", "gpu", "ddp"},
+        "trainer": {"cpu", "gpu", "ddp", "fsdp"},
+        "memory": {"default", "24gb", "16gb", "12gb"},
     }
     for group, options in expected.items():
         assert options <= {f.stem for f in (CONF / group).glob("*.yaml")}, group

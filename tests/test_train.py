@@ -139,7 +139,7 @@ def test_min_snr_noise_offset_checkpointing_accumulation_and_sgd(make_cfg):
         make_cfg(
             "model.min_snr_gamma=5.0",
             "model.noise_offset=0.05",
-            "model.gradient_checkpointing=true",
+            "memory.gradient_checkpointing=true",
             "trainer.accumulate_grad_batches=2",
             "optimizer=sgd",
             "optimizer.scheduler=cosine",
