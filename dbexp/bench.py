@@ -1,4 +1,4 @@
-"""``python -m dbexp.bench prior|cache|reuse|pruning [overrides]``: speed of caches and sweeps, as tables (not tests).
+"""``python -m dbexp.bench prior|cache|reuse|pruning|train [overrides]``: speed and memory, as tables (not tests).
 
 * ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
   cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
@@ -11,6 +11,9 @@
 * ``reuse``: a sweep trial that differs from a finished one in guidance only (it reuses the trained
   weights and samples + evaluates) ÷ a trial that trains (goal ≤ 0.1). Both are whole runs after a
   warm-up run has filled the caches a sweep's later trials find (model, class images, metric models).
+
+* ``train``: step time, peak memory and MFU per fine-tuning mode × memory preset, and dbexp's training
+  step ÷ a bare PyTorch + diffusers loop (goal ≤ 1.05): :mod:`dbexp.bench_train`.
 
 Overrides are the training config's (default ``model=toy``), e.g. ``prior.num_class_images=200``.
 """
@@ -34,17 +37,70 @@ from dbexp.console import announce, quiet_known_noise
 from dbexp.errors import exit_on_user_error
 
 
+class PeakMemory:
+    """Peak memory over a stretch of work: CUDA max allocated on a GPU; on a CPU the process's peak
+    resident set (VmHWM), reset at :meth:`start` through ``/proc/self/clear_refs`` where Linux allows it
+    (else the peak since the process started)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.kind = "CUDA max allocated" if self.cuda else "peak RSS"
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+        except OSError:
+            self.kind = "peak RSS since the process started"
+
+    def peak_bytes(self) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        status = Path("/proc/self/status")
+        if status.is_file():
+            line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
+            return int(line.split()[1]) * 1024
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class StepTimer(L.Callback):
-    """Wall time between consecutive optimizer steps (data, forward, backward, update), written as JSON."""
+    """Wall time between consecutive optimizer steps (data, forward, backward, update) and the peak
+    memory of training (:class:`PeakMemory`), written as JSON."""
 
     def __init__(self, out: str) -> None:
         self.out, self.stamps = Path(out), []
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.memory = PeakMemory(pl_module.device)
+        self.memory.start()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.memory.cuda:
+            torch.cuda.synchronize(self.memory.device)
         self.stamps.append(time.perf_counter())
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.out.write_text(json.dumps([b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]))
+        steps = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        record = {"steps": steps, "peak_bytes": self.memory.peak_bytes(), "memory_kind": self.memory.kind}
+        self.out.write_text(json.dumps(record))
+
+
+#: Overrides that leave only training in a benchmarked run: no checkpoints, loggers, samples, evaluation, export.
+QUIET = [
+    "callbacks=none",
+    "logger=none",
+    "export_pipeline=false",
+    "eval.every_n_steps=0",
+    "eval.at_start=false",
+    "eval.num_inference_steps=1",
+    "+trainer.enable_progress_bar=false",
+]
 
 
 def compose_config(root: Path, name: str, overrides: list[str]) -> DictConfig:
@@ -99,23 +155,14 @@ def bench_cache(root: Path, overrides: list[str], steps: int = 100, warmup: int 
         "without caches": ["data.cache_latents=false", "data.cache_text_embeddings=false"],
         "with caches": ["data.cache_latents=true", "data.cache_text_embeddings=true"],
     }
-    quiet = [
-        "callbacks=none",
-        "logger=none",
-        "export_pipeline=false",
-        "eval.every_n_steps=0",
-        "eval.at_start=false",
-        "eval.num_inference_steps=1",
-        f"trainer.max_steps={warmup + steps + 1}",
-        "+trainer.enable_progress_bar=false",
-    ]
+    quiet = [*QUIET, f"trainer.max_steps={warmup + steps + 1}"]
     times: dict[str, list[float]] = {name: [] for name in settings}
     for round_ in range(rounds):
         for name, switches in settings.items():
             out = root / f"steps-{round_}-{name.replace(' ', '_')}.json"
             timer = f"+callbacks.timer={{_target_: dbexp.bench.StepTimer, out: '{out}'}}"
             run(compose_config(root, f"{round_}-{name.replace(' ', '_')}", [*quiet, *switches, *overrides, timer]))
-            times[name] += json.loads(out.read_text())[warmup:]
+            times[name] += json.loads(out.read_text())["steps"][warmup:]
     medians = {name: statistics.median(values) for name, values in times.items()}
     ratio = medians["with caches"] / medians["without caches"]
     print(
@@ -269,10 +316,14 @@ def _device() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning"])
+    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "train"])
     ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
-    ap.add_argument("--steps", type=int, default=100, help="cache: timed steps per run")
-    ap.add_argument("--rounds", type=int, default=2, help="cache: alternating rounds of both settings")
+    ap.add_argument("--steps", type=int, default=100, help="cache, train: timed steps per run")
+    ap.add_argument("--warmup", type=int, default=10, help="cache, train: untimed steps before them")
+    ap.add_argument("--rounds", type=int, default=2, help="cache, train: alternating rounds of the settings")
+    ap.add_argument("--presets", default="default,24gb,16gb,12gb", help="train: memory presets (comma-separated)")
+    ap.add_argument("--finetune", default="full,lora", help="train: fine-tuning modes (comma-separated)")
+    ap.add_argument("--peak-tflops", type=float, help="train: the GPU's dense bf16 peak for MFU (else from its name)")
     ap.add_argument("--trials", type=int, default=20, help="pruning: trials per sweep")
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
@@ -286,11 +337,24 @@ def main(argv: list[str] | None = None) -> None:
             numbers = bench_reuse(root, args.overrides)
         elif args.what == "pruning":
             numbers = bench_pruning(root, args.overrides, args.trials)
+        elif args.what == "train":
+            from dbexp.bench_train import bench_train
+
+            numbers = bench_train(
+                root,
+                args.overrides,
+                presets=args.presets.split(","),
+                finetunes=args.finetune.split(","),
+                steps=args.steps,
+                warmup=args.warmup,
+                rounds=args.rounds,
+                peak_tflops=args.peak_tflops,
+            )
         elif args.flops_only:
             cfg = compose_config(root, "flops", args.overrides)
             numbers = {"counted_ratio": print_flops(cfg.model, cfg.data.resolution)}
         else:
-            numbers = bench_cache(root, args.overrides, steps=args.steps, rounds=args.rounds)
+            numbers = bench_cache(root, args.overrides, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=2) + "\n")
         announce(f"numbers written to {args.json}")

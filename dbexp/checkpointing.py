@@ -17,7 +17,18 @@ from dbexp.errors import UserInputError
 
 #: Config keys that do not change what training computes: a run that differs only there is
 #: "the same setting" for ``ckpt_path=last`` (``trainer.max_steps`` lets a resume train longer).
-NOT_PART_OF_SETTING = ("ckpt_path", "paths", "logger", "callbacks", "eval", "optimized_metric", "trainer.max_steps")
+NOT_PART_OF_SETTING = (
+    "ckpt_path",
+    "paths",
+    "logger",
+    "callbacks",
+    "eval",
+    "optimized_metric",
+    "trainer.max_steps",
+    "memory.gradient_checkpointing",  # a resume may save memory differently (a smaller GPU, say)
+    "memory.set_to_none",
+    "memory.offload_frozen",
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

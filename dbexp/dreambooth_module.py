@@ -199,14 +199,24 @@ class DreamBoothModule(L.LightningModule):
                 f"(instance {loss.instance.item()}, prior {None if loss.prior is None else loss.prior.item()}); "
                 "lower optimizer.lr or enable gradient clipping (trainer.gradient_clip_val)"
             )
-        self.log("train/loss", loss.total, prog_bar=True)
-        self.log("train/loss_instance", loss.instance)
-        if loss.prior is not None:
-            self.log("train/loss_prior", loss.prior)
-        for group in self.trainer.optimizers[0].param_groups if self._trainer else []:
-            name = "train/lr" if group.get("name") == "unet" else f"train/lr_{group.get('name')}"
-            self.log(name, group["lr"])
+        if self._logs_this_step():
+            self.log("train/loss", loss.total, prog_bar=True)
+            self.log("train/loss_instance", loss.instance)
+            if loss.prior is not None:
+                self.log("train/loss_prior", loss.prior)
+            for group in self.trainer.optimizers[0].param_groups if self._trainer else []:
+                name = "train/lr" if group.get("name") == "unet" else f"train/lr_{group.get('name')}"
+                self.log(name, group["lr"])
         return loss.total
+
+    def _logs_this_step(self) -> bool:
+        """Whether this step's values reach a logger (every ``trainer.log_every_n_steps``, as Lightning
+        writes them) or are the last (metrics.json). ``self.log`` costs ~0.7 ms a call on a CPU — more than
+        5 % of a tiny model's step — and a value logged on other steps is overwritten unseen."""
+        if not self._trainer:
+            return True
+        step = self.global_step + 1
+        return step % max(1, self.trainer.log_every_n_steps) == 0 or step >= self.trainer.max_steps
 
     def _encoder_states(self, batch: dict[str, torch.Tensor], kinds: list[str]) -> torch.Tensor:
         """Text-encoder output per sample: cached for a frozen encoder, else computed (with grad when trained)."""

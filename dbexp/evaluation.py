@@ -350,8 +350,10 @@ class SampleGridCallback(L.Callback):
             self.render(trainer, pl_module, "step_0")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.cfg.every_n_steps:
+            return
         step = trainer.global_step
-        if self.cfg.every_n_steps and step % self.cfg.every_n_steps == 0 and step != self._last_step:
+        if step % self.cfg.every_n_steps == 0 and step != self._last_step:
             self.render(trainer, pl_module, f"step_{step}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:

@@ -80,17 +80,19 @@ def _add(model, config, key: str, targets: list[str]) -> None:
 def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> Path:
     """The adapters in diffusers' LoRA format (what ``load_lora_weights`` reads) into ``folder``."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     def layers(model):
+        # peft's key names (lora_A / lora_B), which load_lora_weights reads as they are. Not converted to
+        # the older lora.down / lora.up names: that conversion renames linear layers only, and a file
+        # mixing both (adapters on convolutions too) loads with the attention adapters silently dropped.
         state = get_peft_model_state_dict(model, save_embedding_layers=False)  # adapters only, never embeddings
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     StableDiffusionPipeline.save_lora_weights(
         folder,
-        unet_lora_layers=convert_state_dict_to_diffusers(layers(unet)),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(layers(text_encoder)) if text_encoder_too else None,
+        unet_lora_layers=layers(unet),
+        text_encoder_lora_layers=layers(text_encoder) if text_encoder_too else None,
         safe_serialization=True,
     )
     return folder / LORA_WEIGHTS

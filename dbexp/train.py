@@ -115,6 +115,7 @@ class RunPlan:
     metric_suite: str  # dreambench | toy | tiny | none
     eval_prompts: EvalPrompts | None
     ckpt_path: str | None
+    sharded: bool = False  # FSDP: no process holds the whole model, so nothing samples during the run
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
@@ -126,6 +127,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_eval_config(cfg.eval)
     if int(cfg.trainer.get("max_steps", -1)) < 1:
         raise UserInputError("trainer.max_steps must be >= 1: DreamBooth training is counted in steps")
+    sharded = check_sharding(cfg)
     subject = resolve_subject(cfg.data)
     check_prior_config(cfg.prior, subject.class_noun)
     prior = cfg.prior.weight > 0
@@ -150,7 +152,33 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         metric_suite=suite,
         eval_prompts=eval_prompts(cfg.eval, cfg.data.token, subject.class_noun) if suite != "none" else None,
         ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg, cfg.paths.runs_dir),
+        sharded=sharded,
     )
+
+
+def check_sharding(cfg: DictConfig) -> bool:
+    """``trainer=fsdp`` shards the weights over the GPUs: sampling, evaluation and export, which need the
+    whole model in one process, must be off (the checkpoint holds the gathered weights)."""
+    strategy = cfg.trainer.get("strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    if "fsdp" not in name.lower():
+        return False
+    needs_whole_model = {
+        "eval.every_n_steps=0": cfg.eval.every_n_steps,
+        "eval.at_start=false": cfg.eval.at_start,
+        "eval.metrics_every_n_steps=0": cfg.eval.metrics_every_n_steps,
+        "eval.final=false": cfg.eval.final,
+        "export_pipeline=false": cfg.export_pipeline,
+        "reuse_trained=false": cfg.reuse_trained,
+    }
+    wanted = [fix for fix, on in needs_whole_model.items() if on]
+    if wanted:
+        raise UserInputError(
+            "trainer=fsdp shards the model over the GPUs, so this run cannot sample, evaluate or export it: "
+            f"add {' '.join(wanted)} (checkpoints/last.ckpt holds the gathered trained weights); "
+            "a model that fits one GPU trains faster with trainer=ddp"
+        )
+    return True
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -177,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if plan.eval_prompts is not None and cfg.eval.final and cfg.eval.baseline and trainer.is_global_zero:
             baseline = baseline_evaluation(cfg, plan, parts, metric_models, trainer.strategy.root_device)
         key = training_key(cfg, parts.identity, plan.instance_images, plan.class_photos)
-        reuse = trained_cache.enabled(cfg)
+        reuse = trained_cache.enabled(cfg) and not plan.sharded
         reusable = trained_cache.find(cfg.paths.cache_dir, key) if reuse else None
         if reusable is not None:
             module, metrics = reuse_trained(cfg, plan, parts, trainer, reusable)
@@ -264,7 +292,9 @@ def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Call
         for name, c in (cfg.callbacks or {}).items()
         if c is not None and "_target_" in c
     ]
-    callbacks.append(SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples"))
+    if not plan.sharded:
+        grids = SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples")
+        callbacks.append(grids)
     if plan.eval_prompts is not None and cfg.eval.metrics_every_n_steps:
         callbacks.append(
             EvalMetricsCallback(cfg.eval, metric_models, plan.instance_images, plan.eval_prompts, cfg.data.resolution)

@@ -45,6 +45,9 @@ NEUTRAL = (
     "logger",
     "hydra",
     "data.num_workers",
+    "memory.gradient_checkpointing",  # recomputes the same activations
+    "memory.set_to_none",
+    "memory.offload_frozen",  # where frozen parts wait, not what they compute
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",

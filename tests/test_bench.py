@@ -47,3 +47,30 @@ def test_bench_pruning_runs_both_sweeps_and_prints_steps_and_best(capsys, tmp_pa
     numbers = json.loads((tmp_path / "p.json").read_text())
     assert numbers["none"]["complete"] == 2 and "steps with pruning ÷ without" in out
     assert numbers["median"]["steps"] == 8  # the second sweep trains again (no reuse of the first's weights)
+
+
+def test_bench_train_prints_step_time_memory_and_the_bare_loop_ratio(tmp_path, capsys):
+    main(
+        ["train", "model=tiny", "--steps", "3", "--warmup", "1", "--rounds", "1", "--presets", "default,16gb"]
+        + ["--finetune", "lora", "--json", str(tmp_path / "t.json")]
+    )
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("lora ")]
+    assert [(r[1], r[2]) for r in rows] == [("default", "32-true"), ("16gb", "bf16-mixed")]
+    assert all(r[-1] == "—" for r in rows)  # no MFU on a CPU
+    assert "peak memory: peak RSS" in out
+    assert "dbexp step ÷ bare PyTorch + diffusers loop (lora, memory=default):" in out
+    numbers = json.loads((tmp_path / "t.json").read_text())
+    assert [r["memory"] for r in numbers["rows"]] == ["default", "16gb"]
+    assert all(r["median_ms"] > 0 and r["peak_mib"] > 100 and r["tflop_per_step"] > 0 for r in numbers["rows"])
+    assert numbers["dbexp_vs_bare"]["lora"]["ratio"] > 0
+
+
+def test_train_step_flops_count_the_passes_that_train(tmp_path):
+    from dbexp.bench_train import step_flops
+
+    full = compose_train(tmp_path, tmp_path / "cache", "model=sd15")
+    lora = compose_train(tmp_path, tmp_path / "cache", "model=sd15", "model.finetune=lora")
+    unet = counted_flops(full.model, 512)["unet_forward"]
+    assert step_flops(full) == pytest.approx(3 * unet * 2)  # forward + backward, instance + class sample
+    assert step_flops(lora) == pytest.approx(2 * unet * 2)  # frozen weights: no weight gradients

@@ -23,6 +23,24 @@ def _draw(pipeline) -> np.ndarray:
     return pipeline(PROMPT, num_inference_steps=3, generator=generator, output_type="np").images
 
 
+CONVS = "model.lora.unet_target_modules=[to_q,to_k,to_v,to_out.0,conv1,conv2]"
+
+
+def test_lora_on_convolutions_too_round_trips_through_load_lora_weights(make_cfg):
+    cfg = make_cfg(*LORA, CONVS, "eval.final=false")
+    run(cfg)
+    export = Path(cfg.paths.output_dir) / "pipeline"
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(".conv1.lora_A." in k for k in ckpt["state_dict"]) and any(
+        ".to_q.lora_A." in k for k in ckpt["state_dict"]
+    )
+    module = make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    with module.sampling() as live:
+        trained = _draw(live)
+    np.testing.assert_allclose(_draw(load_pipeline(str(export), "cpu", "float32")), trained, atol=1e-5)
+
+
 def test_lora_trains_checkpoints_and_exports_adapters_only(make_cfg):
     cfg = make_cfg(*LORA, "reuse_trained=true")
     metrics = run(cfg)

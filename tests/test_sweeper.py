@@ -189,7 +189,7 @@ def test_a_hydra_optuna_sweeper_config_runs_after_renaming_the_sweeper(tmp_path,
 
 
 @pytest.mark.slow
-def test_the_quick_cpu_preset_runs(tmp_path, cache_dir):
+def test_the_quick_cpu_preset_runs_with_lora_unchanged(tmp_path, cache_dir):
     result = run_cli(
         "dbexp.train",
         "--multirun",
@@ -197,6 +197,7 @@ def test_the_quick_cpu_preset_runs(tmp_path, cache_dir):
         str(Path(__file__).resolve().parents[1] / "sweeps"),
         "--config-name",
         "quick_cpu",
+        "model.finetune=lora",  # a LoRA sweep is the same sweep with one more override
         "hydra.sweeper.n_trials=2",
         "trainer.max_steps=4",
         "callbacks.progress_bar=null",
@@ -205,10 +206,10 @@ def test_the_quick_cpu_preset_runs(tmp_path, cache_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "outputs" / "sweep_quick_cpu.db").is_file()
-    results = OmegaConf.load(
-        next((tmp_path / "outputs" / "sweep_quick_cpu").glob("multiruns/*/optimization_results.yaml"))
-    )
+    sweep = next((tmp_path / "outputs" / "sweep_quick_cpu").glob("multiruns/*/optimization_results.yaml")).parent
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert results.trials.COMPLETE == 2 and results.directions == ["maximize"]
+    assert all((sweep / trial / "pipeline" / "pytorch_lora_weights.safetensors").is_file() for trial in ("0", "1"))
 
 
 @pytest.mark.slow

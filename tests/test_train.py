@@ -213,3 +213,19 @@ def test_a_nan_loss_stops_training_at_the_step_it_appears(make_cfg):
         run(cfg)
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
     assert len(rows) < 5  # stopped within a few steps, not after 50
+
+
+def test_fsdp_preset_builds_its_strategy_and_refuses_what_needs_the_whole_model(make_cfg):
+    """Lightning's FSDP needs CUDA GPUs (none here): the preset is composed and its strategy built."""
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    cfg = make_cfg("trainer=fsdp")
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"]
+    assert strategy._state_dict_type == "full"
+    with pytest.raises(UserInputError, match=r"trainer=fsdp shards the model.*add eval.every_n_steps=0 eval.at_start"):
+        plan_run(cfg)
+    off = ["eval.every_n_steps=0", "eval.at_start=false", "eval.final=false", "export_pipeline=false"]
+    assert plan_run(make_cfg("trainer=fsdp", *off)).sharded
+    assert not plan_run(make_cfg()).sharded
