@@ -9,6 +9,8 @@ PORT        ?= 5000
 # make optuna-dashboard: a sweep's storage (default: the newest outputs/sweep_*.db) and the port
 STORAGE     ?= $(firstword $(shell ls -t outputs/sweep_*.db 2>/dev/null))
 OPTUNA_PORT ?= 8080
+# make test: pytest workers (pytest-xdist), a test file each at a time, one torch thread each (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: install train test test-fast lint dashboard optuna-dashboard clean distclean
 
@@ -25,11 +27,11 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## the default run: offline, the toy model and a toy subject (~1 min on 2 CPU cores)
 	$(PY) -m dbexp.train
 
-test: $(STAMP)  ## the whole suite (slow end-to-end tests included)
-	$(PY) -m pytest
+test: $(STAMP)  ## the whole suite (slow end-to-end tests included), on TEST_WORKERS workers
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)  ## the suite without slow-marked tests
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check dbexp hydra_plugins tests

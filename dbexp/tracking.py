@@ -238,6 +238,10 @@ def open_loggers(cfg: dict[str, Any] | None, run_dir: Path | None = None) -> Ite
     state as a tag: COMPLETE, PRUNED (``optuna.TrialPruned`` left the block) or FAIL."""
     import optuna
 
+    # MLflow's set_tracking_uri (Lightning's MLFlowLogger calls it) also writes $MLFLOW_TRACKING_URI,
+    # "so that subprocesses inherit it": without restoring it, every later run of this process — and
+    # every process it starts — would log into this run's store instead of its own.
+    uri_before = os.environ.get("MLFLOW_TRACKING_URI")
     loggers = instantiate_loggers(cfg)
     status, state = "failed", "FAIL"
     try:
@@ -248,6 +252,10 @@ def open_loggers(cfg: dict[str, Any] | None, run_dir: Path | None = None) -> Ite
         raise
     finally:
         _finalize(loggers, status, state, run_dir)
+        if uri_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = uri_before
 
 
 def _finalize(loggers: list[Logger], status: str, state: str, run_dir: Path | None) -> None:

@@ -7,11 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+# `make test` runs two pytest workers on the two cores (pytest-xdist): each gets one torch thread, and so
+# do the processes it starts (they inherit OMP_NUM_THREADS). Two 2-thread torch processes on two cores
+# slow each other down several times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
-import dbexp.train  # noqa: F401  (registers the schemas in Hydra's ConfigStore)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+import dbexp.train  # noqa: F401, E402  (registers the schemas in Hydra's ConfigStore)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -31,7 +31,11 @@ def toy_runs(tmp_path_factory, cache_dir):
     root = tmp_path_factory.mktemp("toy")
     return {
         name: run(compose_train(root, cache_dir, *DEFAULT_RUN, *extra, name=name))
-        for name, extra in {"prior": [], "no_prior": ["prior.weight=0"]}.items()
+        # (b) reads the second run's PRES at the default guidance only: no base model, no other scales
+        for name, extra in {
+            "prior": [],
+            "no_prior": ["prior.weight=0", "eval.baseline=false", "eval.guidance_scales=[3.0]"],
+        }.items()
     }
 
 

@@ -1,13 +1,15 @@
 """MLflow (a sweep as parent + child runs), W&B offline, secrets kept out of every logged file."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from dbexp.tracking import flat_params, redact
-from tests.conftest import run_cli
+from dbexp.train import run
+from tests.conftest import FAST, compose_train, run_cli
 from tests.helpers import wandb_records
 
 #: Planted in the environment of the runs below; no logged file may contain them.
@@ -259,3 +261,14 @@ def test_make_optuna_dashboard_serves_a_sweep_storage(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_an_mlflow_run_leaves_the_environment_as_it_found_it(tmp_path, cache_dir, monkeypatch):
+    """MLflow's set_tracking_uri writes $MLFLOW_TRACKING_URI: a second run in the same process (or a
+    process it starts) must still log into its own store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("a", "b"):
+        run(compose_train(tmp_path / name, cache_dir, *FAST, "logger=mlflow", "eval.final=false"))
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+        experiments = MlflowClient(f"sqlite:///{tmp_path / name / 'mlflow.db'}").search_experiments()
+        assert any(e.name == "train" for e in experiments)
