@@ -49,6 +49,24 @@ def check_lora_settings(finetune: str, lora: LoraSettings) -> None:
             )
 
 
+def check_lora_targets(finetune: str, lora: LoraSettings, unet, text_encoder, text_encoder_too: bool) -> None:
+    """Every target names a layer of the loaded model (as peft matches them: the full name or its last
+    dotted parts) — checked right after loading, before class images and training."""
+    if finetune != "lora":
+        return
+    pairs = [("unet_target_modules", unet)] + (
+        [("text_encoder_target_modules", text_encoder)] if text_encoder_too else []
+    )
+    for key, model in pairs:
+        names = [name for name, _ in model.named_modules()]
+        missing = [t for t in getattr(lora, key) if not any(n == t or n.endswith(f".{t}") for n in names)]
+        if missing:
+            raise UserInputError(
+                f"model.lora.{key}={list(getattr(lora, key))}: no layer named {', '.join(missing)} in the "
+                f"{key.removesuffix('_target_modules').replace('_', ' ')} (e.g. to_q, to_k, to_v, to_out.0, conv1)"
+            )
+
+
 def attach_adapters(unet, text_encoder, lora: LoraSettings, text_encoder_too: bool) -> None:
     """Freeze the base weights and add trainable LoRA adapters to the UNet (and the text encoder)."""
     from peft import LoraConfig
@@ -62,19 +80,13 @@ def attach_adapters(unet, text_encoder, lora: LoraSettings, text_encoder_too: bo
             target_modules=list(targets),
         )
 
+    # peft raises only when no target matches; a misspelt one beside good ones would be skipped silently.
+    check_lora_targets("lora", lora, unet, text_encoder, text_encoder_too)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
-    _add(unet, config(lora.unet_target_modules), "model.lora.unet_target_modules", lora.unet_target_modules)
+    unet.add_adapter(config(lora.unet_target_modules))
     if text_encoder_too:
-        targets = lora.text_encoder_target_modules
-        _add(text_encoder, config(targets), "model.lora.text_encoder_target_modules", targets)
-
-
-def _add(model, config, key: str, targets: list[str]) -> None:
-    try:
-        model.add_adapter(config)
-    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-        raise UserInputError(f"{key}={list(targets)}: {' '.join(str(err).split())}") from None
+        text_encoder.add_adapter(config(lora.text_encoder_target_modules))
 
 
 def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> Path:

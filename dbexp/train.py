@@ -51,6 +51,7 @@ from dbexp.evaluation import (
     summary_table,
 )
 from dbexp.export import describe_export, export_pipeline
+from dbexp.lora import check_lora_targets
 from dbexp.memory import MemoryConfig, check_memory_config
 from dbexp.metric_models import load_metric_models, metric_model_folders
 from dbexp.metric_models import release as release_metric_models
@@ -199,6 +200,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         )
 
         parts = load_model(cfg.model, cfg.paths.cache_dir)
+        model = cfg.model  # LoRA targets that name no layer: one line before class images and training
+        check_lora_targets(model.finetune, model.lora, parts.unet, parts.text_encoder, model.train_text_encoder)
         if plan.eval_prompts is not None:  # the metric models' weights must be there before hours of work
             metric_model_folders(plan.metric_suite, cfg.eval, cfg.paths.cache_dir)
         baseline = None

@@ -111,7 +111,12 @@ def test_bad_lora_settings_are_one_line_errors(make_cfg, override, message):
         plan_run(make_cfg("model.finetune=lora", override))
 
 
-def test_unknown_lora_target_modules_name_the_key(make_cfg):
-    cfg = make_cfg("model.finetune=lora", "model.lora.unet_target_modules=[to_qq]")
-    with pytest.raises(UserInputError, match=r"model.lora.unet_target_modules=\['to_qq'\]"):
+def test_unknown_lora_target_modules_name_the_key_before_class_images(make_cfg):
+    cfg = make_cfg("model.finetune=lora", "model.lora.unet_target_modules=[to_q,to_qq]")
+    with pytest.raises(
+        UserInputError, match=r"model.lora.unet_target_modules=\['to_q', 'to_qq'\]: no layer named to_qq"
+    ):
+        run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    with pytest.raises(UserInputError, match=r"model.lora.unet_target_modules=\['to_q', 'to_qq'\]"):
         make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)
