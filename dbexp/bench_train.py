@@ -85,11 +85,13 @@ def bench_train(
                 bare[mode] += bare_times
                 paired[mode].append(statistics.median(timed["steps"][warmup:]) / statistics.median(bare_times))
     rows = []
+    first = next(iter(configs.values()))
+    counted = counted_flops(first.model, first.data.resolution)  # the same model in every row: count once
+    peak = peak_tflops or device_peak_tflops()
     for mode, preset in settings:
         cfg, times = configs[(mode, preset)], records[(mode, preset)]["steps"]
         median = statistics.median(times)
-        flops = step_flops(cfg)
-        peak = peak_tflops or device_peak_tflops()
+        flops = step_flops(cfg, counted)
         mixed = str(cfg.trainer.precision).startswith(("bf16", "16"))
         rows.append(
             {
@@ -114,7 +116,7 @@ def bench_train(
         for mode in finetunes
         if paired[mode]
     }
-    print_table(next(iter(configs.values())), rows, ratios, steps, warmup, rounds)
+    print_table(first, rows, ratios, steps, warmup, rounds)
     return {"rows": rows, "dbexp_vs_bare": ratios}
 
 
@@ -149,7 +151,9 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
     device = torch.device("cuda" if str(cfg.trainer.accelerator) in ("gpu", "cuda") else "cpu")
     plan = plan_run(cfg)
     parts = load_model(cfg.model, cfg.paths.cache_dir)
-    classes = class_images(cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir).images
+    classes = None
+    if plan.class_prompt is not None:  # prior on
+        classes = class_images(cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir).images
     encoded = encode_once(cfg, parts, plan, classes, device)
     unet, text_encoder = parts.unet.to(device).train(), parts.text_encoder.to(device)
     prompts = [plan.instance_prompt] + ([plan.class_prompt] if plan.class_prompt is not None else [])
@@ -221,9 +225,9 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def step_flops(cfg) -> float:
-    """Model TFLOP of one training step (see the module docstring)."""
-    counted = counted_flops(cfg.model, cfg.data.resolution)
+def step_flops(cfg, counted: dict[str, float] | None = None) -> float:
+    """Model TFLOP of one training step (see the module docstring); ``counted``: :func:`counted_flops` of the model."""
+    counted = counted or counted_flops(cfg.model, cfg.data.resolution)
     passes = 3 if cfg.model.finetune == "full" else 2
     samples = cfg.data.batch_size * (2 if cfg.prior.weight > 0 else 1)
     flops = passes * counted["unet_forward"]
