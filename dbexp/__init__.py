@@ -14,6 +14,12 @@ _logging.getLogger("transformers.utils.import_utils").setLevel(_logging.ERROR)
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 
+#: The config groups (``conf/``: every command's search path) and the sweep presets (``sweeps/``: added to the
+#: search path by ``hydra_plugins/dbexp_sweeps``) ship inside the package, so an installed dbexp composes them.
+CONF_DIR = Path(__file__).parent / "conf"
+SWEEPS_DIR = Path(__file__).parent / "sweeps"
+
+
 def asset(path: str) -> Path:
     """A file or folder shipped in the package (``dbexp/assets/<path>``); ``${dbexp.asset:<path>}`` in configs."""
     return Path(__file__).parent / "assets" / path

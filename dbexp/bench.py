@@ -33,6 +33,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, open_dict
 
+from dbexp import CONF_DIR
 from dbexp.console import announce, quiet_known_noise
 from dbexp.errors import exit_on_user_error
 
@@ -115,8 +116,7 @@ def compose_config(root: Path, name: str, overrides: list[str]) -> DictConfig:
         f"paths.runs_dir={root / 'runs'}",
         f"paths.output_dir={root / 'runs' / name}",
     ]
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*paths, *overrides])
     with open_dict(cfg):
         cfg.pop("hydra", None)
@@ -247,7 +247,6 @@ def bench_pruning(root: Path, overrides: list[str], trials: int = 20) -> dict:
     """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner."""
     import optuna
 
-    repo = Path(__file__).resolve().parents[1]
     results = {}
     for pruner in ("none", "median"):
         folder, storage = root / pruner, f"sqlite:///{root / pruner}.db"
@@ -256,7 +255,6 @@ def bench_pruning(root: Path, overrides: list[str], trials: int = 20) -> dict:
             "-m",
             "dbexp.train",
             "--multirun",
-            f"--config-dir={repo / 'sweeps'}",
             "--config-name=toy_lr_prior_guidance",
             f"hydra/sweeper/pruner={pruner}",
             f"hydra.sweeper.storage={storage}",

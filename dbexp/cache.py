@@ -18,6 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from dbexp import CONF_DIR
 from dbexp.console import announce
 from dbexp.errors import UserInputError, exit_on_user_error
 
@@ -40,8 +41,7 @@ def default_cache_dir() -> Path:
 
     import dbexp.train  # noqa: F401  (the schema the config needs)
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train")
     return Path(cfg.paths.cache_dir)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 #: Exit status of a run stopped by bad input (Hydra's own config errors exit with 1).
 USER_ERROR_EXIT = 2
@@ -35,10 +35,16 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserInputError as err:
-        print(f"dbexp: error: {err}", file=sys.stderr, flush=True)
         if _in_multirun():
+            print(f"dbexp: error: {err}", file=sys.stderr, flush=True)
             raise
-        raise SystemExit(USER_ERROR_EXIT) from None
+        stop(err)
+
+
+def stop(err: UserInputError) -> NoReturn:
+    """``dbexp: error: <message>`` on stderr, exit status 2 (also where a sweep as a whole cannot start)."""
+    print(f"dbexp: error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR_EXIT) from None
 
 
 def _in_multirun() -> bool:

@@ -86,12 +86,17 @@ def _suite(cfg: DictConfig) -> str:
     return json.loads(metadata.read_text()).get("eval_metrics", "dreambench") if metadata.is_file() else "dreambench"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         run(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``dbexp-evaluate``, also ``python -m dbexp.evaluate``."""
     sys.argv = expand_home_in_overrides(sys.argv)
-    sys.exit(main())
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -126,13 +126,18 @@ def run(cfg: DictConfig) -> list[Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     quiet_known_noise()
     with exit_on_user_error():
         run(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``dbexp-generate``, also ``python -m dbexp.generate``."""
     sys.argv = expand_home_in_overrides(sys.argv)
-    sys.exit(main())
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dbexp.errors import UserInputError
+from dbexp.extras import require
 
 ATTENTION = ("sdpa", "eager")
 
@@ -40,14 +41,10 @@ def check_memory_config(cfg: MemoryConfig, optimizer_name: str) -> None:
 
 
 def adamw_8bit_class():
-    """bitsandbytes' ``AdamW8bit`` (an optional dependency) — or one line saying how to get it."""
-    try:
-        from bitsandbytes.optim import AdamW8bit
-    except ImportError:
-        raise UserInputError(
-            "memory.optimizer_8bit=true needs bitsandbytes, which is not installed: "
-            "pip install bitsandbytes (or pip install -e '.[memory]'), or set memory.optimizer_8bit=false"
-        ) from None
+    """bitsandbytes' ``AdamW8bit`` (the ``memory`` extra) — or one line saying how to get it."""
+    require("memory", "memory.optimizer_8bit=true", instead="set memory.optimizer_8bit=false")
+    from bitsandbytes.optim import AdamW8bit
+
     return AdamW8bit
 
 

@@ -33,7 +33,8 @@ from PIL import Image
 
 from dbexp import __version__
 from dbexp.console import announce
-from dbexp.errors import instantiate_checked
+from dbexp.errors import UserInputError, instantiate_checked, stop
+from dbexp.extras import require_for_url
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,15 @@ class DbexpWandbLogger(WandbLogger):
         Path(kwargs.get("save_dir", ".")).mkdir(parents=True, exist_ok=True)
         super().__init__(offline=offline, group=group, **kwargs)
         self.is_offline = offline
+
+
+def check_logger_config(cfg: dict[str, Any] | None) -> None:
+    """An MLflow tracking URI that names a database (``postgresql://``) needs its driver: one line, before
+    anything loads."""
+    for name, entry in (cfg or {}).items():
+        if entry is not None and str(entry.get("_target_", "")).endswith("MLFlowLogger"):
+            uri = entry.get("tracking_uri") or default_mlflow_uri(entry.get("log_dir") or ".")
+            require_for_url(uri, f"logger.{name}.tracking_uri")
 
 
 def instantiate_loggers(cfg: dict[str, Any] | None) -> list[Logger]:
@@ -300,6 +310,10 @@ class SweepTracking(HydraCallback):
         mlflow_cfg = self.mlflow_config(config)
         if mlflow_cfg is None:
             return
+        try:
+            check_logger_config(config.logger)
+        except UserInputError as err:  # before the sweeper starts: no trial has run
+            stop(err)
         client, experiment_id = self.client(config, mlflow_cfg)
         self.parent_id = self.find_or_create_parent(client, experiment_id, name, config)
         os.environ[PARENT_RUN_ENV] = self.parent_id

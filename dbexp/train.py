@@ -60,7 +60,7 @@ from dbexp.optimization import OptimizerConfig, check_optimizer_config
 from dbexp.prior_cache import PriorConfig, check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.pruning import PruningCallback
 from dbexp.sampling import build_pipeline, sampler
-from dbexp.tracking import describe_run, log_run_files, open_loggers
+from dbexp.tracking import check_logger_config, describe_run, log_run_files, open_loggers
 from dbexp.trained_cache import training_key
 from hydra_plugins.dbexp_optuna_sweeper.trial import pruning_trial
 
@@ -126,6 +126,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_optimizer_config(cfg.optimizer)
     check_memory_config(cfg.memory, cfg.optimizer.name)
     check_eval_config(cfg.eval)
+    check_logger_config(cfg.logger)
     if int(cfg.trainer.get("max_steps", -1)) < 1:
         raise UserInputError("trainer.max_steps must be >= 1: DreamBooth training is counted in steps")
     sharded = check_sharding(cfg)
@@ -424,12 +425,17 @@ def save_config(cfg: DictConfig, run_dir: Path) -> None:
         OmegaConf.save(cfg, target)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     with exit_on_user_error():
         return objective(run(cfg), cfg.optimized_metric)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``dbexp-train``, also ``python -m dbexp.train``."""
     sys.argv = expand_home_in_overrides(sys.argv)
-    sys.exit(main())
+    main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -19,12 +19,13 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 import dbexp.train  # noqa: F401, E402  (registers the schemas in Hydra's ConfigStore)
+from dbexp import CONF_DIR  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 
 #: A run in seconds: the random tiny model (the DreamBench dog, DreamBench metrics on tiny embedders),
 #: few steps, few and cheap class images and samples. The toy model has its own tests.
@@ -76,9 +77,36 @@ def make_cfg(tmp_path, cache_dir):
     return make
 
 
-def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
-    """``python -m <module> <args>`` in ``cwd`` with an isolated, offline Hugging Face cache."""
+#: ``sitecustomize`` of a process whose ``$DBEXP_TEST_HIDE`` modules (and their submodules) cannot be imported
+#: or found, as if their package were not installed (Hydra's plugin scan skips a hidden plugin too).
+HIDE_MODULES = """
+import importlib.abc, os, pkgutil, sys
+HIDDEN = tuple(os.environ["DBEXP_TEST_HIDE"].split(","))
+def hidden(name):
+    return name in HIDDEN or name.startswith(tuple(h + "." for h in HIDDEN))
+class HideModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if hidden(name):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, HideModules())
+walk_packages = pkgutil.walk_packages  # Hydra's plugin scan loads hydra_plugins.* by file, past the finder
+pkgutil.walk_packages = lambda *a, **k: (m for m in walk_packages(*a, **k) if not hidden(m.name))
+"""
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 600, hide: tuple[str, ...] = ()
+):
+    """``python -m <module> <args>`` in ``cwd`` with an isolated, offline Hugging Face cache; ``hide``: modules
+    the process cannot import (a missing optional package)."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"), **(env or {})}
+    if hide:
+        site = cwd / "hide_modules"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(HIDE_MODULES)
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), full_env.get("PYTHONPATH")]))
+        full_env["DBEXP_TEST_HIDE"] = ",".join(hide)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -97,7 +97,7 @@ def test_8bit_adamw_without_bitsandbytes_is_one_line_before_any_work(make_cfg, m
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes → ImportError
     monkeypatch.setitem(sys.modules, "bitsandbytes.optim", None)
     with pytest.raises(
-        UserInputError, match=r"memory.optimizer_8bit=true needs bitsandbytes.*pip install bitsandbytes"
+        UserInputError, match=r"memory.optimizer_8bit=true needs bitsandbytes.*pip install 'dbexp\[memory\]'"
     ):
         plan_run(make_cfg("memory=16gb"))
 

@@ -2,7 +2,6 @@
 
 import json
 import re
-from pathlib import Path
 
 import optuna
 import pytest
@@ -10,6 +9,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from dbexp import SWEEPS_DIR
 from hydra_plugins.dbexp_optuna_sweeper.sweeper import distribution, grid_values
 from tests.conftest import run_cli
 
@@ -193,10 +193,8 @@ def test_the_quick_cpu_preset_runs_with_lora_unchanged(tmp_path, cache_dir):
     result = run_cli(
         "dbexp.train",
         "--multirun",
-        "--config-dir",
-        str(Path(__file__).resolve().parents[1] / "sweeps"),
         "--config-name",
-        "quick_cpu",
+        "quick_cpu",  # the shipped presets are on the search path (hydra_plugins/dbexp_sweeps)
         "model.finetune=lora",  # a LoRA sweep is the same sweep with one more override
         "hydra.sweeper.n_trials=2",
         "trainer.max_steps=4",
@@ -408,7 +406,7 @@ def test_guidance_only_trials_reuse_the_trained_weights(tmp_path, cache_dir):
     assert scales == [2.0, 5.0, 9.0]  # each trial evaluated at its own guidance
 
 
-PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -418,8 +416,7 @@ def test_every_preset_composes_and_its_search_space_parses(preset):
     from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
     from tests.conftest import CONF
 
-    sweeps = Path(__file__).resolve().parents[1] / "sweeps"
-    with initialize_config_dir(config_dir=str(sweeps), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
         cfg = compose(preset, overrides=[f"hydra.searchpath=[file://{CONF}]"], return_hydra_config=True)
         with_slurm = compose(
             preset,

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from dbexp.train import run
-from tests.conftest import REPO, compose_train, run_cli
+from tests.conftest import compose_train, run_cli
 
 #: The default run as `make train` runs it, minus what only costs time here (no exported pipeline,
 #: no intermediate grids), plus guidance 1 and 7.5 beside the default 3 for (c).
@@ -63,7 +63,6 @@ def test_d_a_short_sweep_finds_a_trial_clearly_better_than_the_worst(tmp_path, c
     result = run_cli(
         "dbexp.train",
         "--multirun",
-        f"--config-dir={REPO / 'sweeps'}",
         "--config-name=toy_lr_prior_guidance",
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.n_trials=3",

@@ -30,6 +30,7 @@ from diffusers.training_utils import EMAModel
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from dbexp import CONF_DIR
 from dbexp.encoding_cache import tokenize
 from dbexp.losses import min_snr_weights, snr
 from dbexp.model_loading import ModelParts, build_components, save_pipeline
@@ -37,7 +38,7 @@ from dbexp.sampling import build_pipeline, generate, make_grid
 from dbexp.toy import judge
 from dbexp.toy.world import PATTERNS, WORDS, caption, random_caption, render, sample_scene, scenes
 
-TOY_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "model" / "toy.yaml"
+TOY_CONFIG = CONF_DIR / "model" / "toy.yaml"
 
 
 @dataclass

@@ -35,6 +35,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from dbexp.errors import UserInputError, stop
+from dbexp.extras import require, require_for_url
 from hydra_plugins.dbexp_optuna_sweeper import trial as job_trial
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ def open_storage(storage: Any) -> Any:
     if storage is None:
         return None
     url = str(storage)
+    require_for_url(url, "hydra.sweeper.storage")
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -147,6 +150,10 @@ class DbexpOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
+        try:
+            self.check_extras(config)
+        except UserInputError as err:  # before the launcher, the study and any trial
+            stop(err)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -155,6 +162,15 @@ class DbexpOptunaSweeper(Sweeper):
         # the user chose another naming.
         subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
         self.subdir_by_trial = subdir == "${hydra.job.num}"
+
+    def check_extras(self, config: DictConfig) -> None:
+        """Samplers, storages and launchers that need an optional package: one line naming its extra."""
+        if str(OmegaConf.select(config, "hydra.sweeper.sampler._target_", default="")).endswith("CmaEsSampler"):
+            require("cmaes", "hydra/sweeper/sampler=cmaes", instead="use another sampler (tpe, random, qmc, ...)")
+        if self.storage is not None:
+            require_for_url(str(self.storage), "hydra.sweeper.storage")
+        if "hydra_submitit_launcher" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+            require("slurm", "hydra/launcher=slurm_one_gpu (Hydra's submitit launcher)")
 
     # --- the search space ---------------------------------------------------------------------------
     def search_space(self, arguments: list[str]) -> tuple[list[str], dict[str, BaseDistribution]]:
