@@ -85,6 +85,10 @@ def test_the_venv_holds_exactly_the_lock():
     assert set(installed) - set(pins) <= {"dbexp", "pip"}  # dbexp itself; the venv's own pip
 
 
+def sh(*command, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+
+
 def wheel_venv(tmp: Path) -> tuple[Path, Path]:
     """dbexp built as a wheel from a copy of the working tree, installed into a fresh venv that borrows the
     locked packages of this interpreter (a ``.pth`` line) — not its editable dbexp."""
@@ -95,21 +99,27 @@ def wheel_venv(tmp: Path) -> tuple[Path, Path]:
         ignore=shutil.ignore_patterns(".git", ".venv*", "outputs", "build", "*.egg-info", "__pycache__", ".*cache"),
     )
     dist = tmp / "dist"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), "."]
-    subprocess.run(build, cwd=source, check=True, capture_output=True, timeout=600)
+    sh(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        dist,
+        ".",
+        cwd=source,
+        check=True,
+    )
     (wheel,) = dist.glob("dbexp-*.whl")
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    sh(sys.executable, "-m", "venv", "--without-pip", venv, check=True)
     python = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    purelib = sh(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", check=True).stdout.strip()
     (Path(purelib) / "locked_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q"]
-    subprocess.run([*install, str(wheel)], check=True, capture_output=True, timeout=600)
+    sh(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel, check=True)
     return wheel, venv
 
 
@@ -133,44 +143,26 @@ def test_the_wheel_ships_the_configs_and_runs_from_an_unrelated_folder(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(work / "hf_home")}
     env.pop("PYTHONPATH", None)
     python = venv / "bin" / "python"
-    where = subprocess.run(
-        [python, "-c", "import dbexp, hydra_plugins.dbexp_sweeps as s; print(dbexp.__file__); print(s.__file__)"],
+    where = sh(
+        python,
+        "-c",
+        "import dbexp, hydra_plugins.dbexp_sweeps as s; print(dbexp.__file__, s.__file__)",
         cwd=work,
         env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert all(Path(p).is_relative_to(venv) for p in where), where  # the wheel's files, not the checkout
-    check = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "check"], capture_output=True, text=True
     )
+    where = where.stdout.split()
+    assert all(Path(p).is_relative_to(venv) for p in where), where  # the wheel's files, not the checkout
+    check = sh(sys.executable, "-m", "pip", "--python", python, "check")
     assert check.returncode == 0, check.stdout  # the wheel's requirements are met by the locked packages
     for command in COMMANDS:
-        result = subprocess.run([venv / "bin" / command, "--help"], cwd=work, env=env, capture_output=True, text=True)
+        result = sh(venv / "bin" / command, "--help", cwd=work, env=env)
         assert result.returncode == 0 and result.stdout.strip(), (command, result.stderr[-1000:])
-    preset = subprocess.run(
-        [venv / "bin" / "dbexp-train", "--config-name", "quick_cpu", "--cfg", "job"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    preset = sh(venv / "bin" / "dbexp-train", "--config-name", "quick_cpu", "--cfg", "job", cwd=work, env=env)
     assert preset.returncode == 0 and "task_name: sweep_quick_cpu" in preset.stdout, preset.stderr[-2000:]
 
-    run = [
-        python,
-        "-m",
-        "dbexp.train",
-        "trainer.max_steps=2",
-        "prior.num_class_images=2",
-        "eval.num_prompts=1",
-        "eval.images_per_prompt=2",
-        "eval.pres_images=2",
-        "eval.baseline=false",
-        "callbacks.progress_bar=null",
-    ]
-    result = subprocess.run(run, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    run = ["trainer.max_steps=2", "prior.num_class_images=2", "eval.num_prompts=1", "eval.images_per_prompt=2"]
+    run += ["eval.pres_images=2", "eval.baseline=false", "callbacks.progress_bar=null"]
+    result = sh(python, "-m", "dbexp.train", *run, cwd=work, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (work / "outputs" / "train" / "runs").iterdir()
     assert f"run dir: {run_dir}" in result.stdout or f"run dir: {run_dir.relative_to(work)}" in result.stdout

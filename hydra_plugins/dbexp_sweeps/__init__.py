@@ -37,17 +37,16 @@ def _submitit_missing() -> bool:
         return True
 
 
-# ``sweeps/hydra/launcher/slurm_one_gpu.yaml`` extends hydra-submitit-launcher's ``submitit_slurm`` (the slurm
-# extra). Without it that name would not exist and composing would fail with "could not find ...": a stand-in
-# holding only the launcher's class lets the preset compose, and the sweeper then stops with one line naming
-# the extra (``DbexpOptunaSweeper.check_extras``).
-if _submitit_missing():
-    ConfigStore.instance().store(
-        group="hydra/launcher", name="submitit_slurm", node={"_target_": SUBMITIT_SLURM}, provider="dbexp"
-    )
-
-
 class DbexpSweepsSearchPath(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        if any(is_dbexp_conf(element.path) for element in search_path.get_path() if element.provider == "main"):
-            search_path.append(provider="dbexp-sweeps", path=SWEEPS)
+        if not any(is_dbexp_conf(element.path) for element in search_path.get_path() if element.provider == "main"):
+            return
+        search_path.append(provider="dbexp-sweeps", path=SWEEPS)
+        # ``sweeps/hydra/launcher/slurm_one_gpu.yaml`` extends hydra-submitit-launcher's ``submitit_slurm`` (the
+        # slurm extra). Without it that name would not exist and composing would fail with "could not find ...":
+        # a stand-in holding only the launcher's class lets the preset compose, and the sweeper then stops with
+        # one line naming the extra (``DbexpOptunaSweeper.check_extras``).
+        if _submitit_missing():
+            ConfigStore.instance().store(
+                group="hydra/launcher", name="submitit_slurm", node={"_target_": SUBMITIT_SLURM}, provider="dbexp"
+            )
