@@ -60,8 +60,8 @@ test-fast: $(STAMP)  ## the suite without slow-marked tests
 test-latest:  ## not in CI: the newest releases the ranges allow (torch stays the CPU wheel), then the fast suite
 	python3 -m venv --clear $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LATEST_VENV)/bin/python -m pip install -q "$(TORCH)"
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "$(TORCH)" > $(LATEST_VENV)/torch-constraint.txt
+	$(LATEST_VENV)/bin/python -m pip install -q -c $(LATEST_VENV)/torch-constraint.txt --upgrade --upgrade-strategy eager -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "newest allowed versions: $(LATEST_VENV)/versions.txt (compare with $(LOCK))"
