@@ -51,6 +51,11 @@ def default_mlflow_uri(log_dir: str | Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(log_dir).resolve() / 'mlflow.db'}"
 
 
+def mlflow_uri(mlflow_cfg: DictConfig) -> str:
+    """The tracking URI an MLflow logger entry of the ``logger`` group resolves to."""
+    return mlflow_cfg.get("tracking_uri") or default_mlflow_uri(mlflow_cfg.log_dir)
+
+
 def local_artifact_root(tracking_uri: str) -> str | None:
     """Artifacts of an embedded sqlite store go beside it (``<outputs>/mlartifacts``); a file store keeps them
     in itself and a tracking server decides (None)."""
@@ -114,8 +119,7 @@ def check_logger_config(cfg: dict[str, Any] | None) -> None:
     anything loads."""
     for name, entry in (cfg or {}).items():
         if entry is not None and str(entry.get("_target_", "")).endswith("MLFlowLogger"):
-            uri = entry.get("tracking_uri") or default_mlflow_uri(entry.get("log_dir") or ".")
-            require_for_url(uri, f"logger.{name}.tracking_uri")
+            require_for_url(mlflow_uri(entry), f"logger.{name}.tracking_uri")
 
 
 def instantiate_loggers(cfg: dict[str, Any] | None) -> list[Logger]:
@@ -351,7 +355,7 @@ class SweepTracking(HydraCallback):
     def client(config: DictConfig, mlflow_cfg: DictConfig):
         from mlflow.tracking import MlflowClient
 
-        uri = mlflow_cfg.get("tracking_uri") or default_mlflow_uri(mlflow_cfg.log_dir)
+        uri = mlflow_uri(mlflow_cfg)
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(uri)
