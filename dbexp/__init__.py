@@ -3,7 +3,7 @@
 import logging as _logging
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: the finetune group and renamed keys (docs/caches.md: upgrading)
 
 # diffusers' pipelines import CLIP's image processor, whose default backend would need
 # torchvision; dbexp never uses it (no safety checker), so transformers' fallback notice is noise.

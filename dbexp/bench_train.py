@@ -3,7 +3,7 @@
 For each fine-tuning mode × memory preset, a whole dbexp run (Lightning, the DreamBooth module, the
 data stream) trains ``--warmup + --steps`` steps with nothing else on (no samples, checkpoints,
 loggers, evaluation, export). Per row: the median and p90 step time after the warm-up, the peak
-memory of training (:class:`~dbexp.bench.PeakMemory`), and on a GPU the model FLOPs utilisation.
+memory of training (:class:`~dbexp.bench_harness.PeakMemory`), and on a GPU the model FLOPs utilisation.
 
 Beside it, for ``memory=default``, a bare PyTorch + diffusers loop trains the same model on the same
 batch (the cached latents and text embeddings dbexp uses, instance + class sample) with the same
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from dbexp.bench import QUIET, compose_config, counted_flops
+from dbexp.bench_harness import QUIET, compose_config, counted_flops, device_description
 
 #: Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), by a part of the CUDA device name.
 PEAK_BF16_TFLOPS = {
@@ -121,7 +121,7 @@ def bench_train(
 
 
 def bench_overrides(mode: str, preset: str, max_steps: int, overrides: list[str], out: Path) -> list[str]:
-    timer = f"+callbacks.timer={{_target_: dbexp.bench.StepTimer, out: '{out}'}}"
+    timer = f"+callbacks.timer={{_target_: dbexp.bench_harness.StepTimer, out: '{out}'}}"
     only_training = [
         *QUIET,
         "eval.final=false",
@@ -132,7 +132,7 @@ def bench_overrides(mode: str, preset: str, max_steps: int, overrides: list[str]
         "prior.num_inference_steps=2",
         f"trainer.max_steps={max_steps + 1}",  # + 1: step times are differences of timestamps
     ]
-    return [*only_training, f"memory={preset}", f"model.finetune={mode}", *overrides, timer]
+    return [*only_training, f"memory={preset}", f"finetune.method={mode}", *overrides, timer]
 
 
 def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
@@ -144,7 +144,7 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
 
     from dbexp.model_loading import load_model
     from dbexp.prior_cache import class_images
-    from dbexp.train import encode_once, plan_run
+    from dbexp.run import encode_once, plan_run
 
     if cfg.memory.optimizer_8bit or cfg.memory.gradient_checkpointing:
         raise ValueError("the bare loop is the reference for memory=default only")
@@ -169,11 +169,11 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
         return_tensors="pt",
     )
     ids = tokens.input_ids.to(device)
-    text_trains = bool(cfg.model.train_text_encoder)
-    unet.requires_grad_(cfg.model.finetune == "full")
-    text_encoder.requires_grad_(text_trains and cfg.model.finetune == "full")
-    if cfg.model.finetune == "lora":
-        lora = cfg.model.lora
+    text_trains = bool(cfg.finetune.train_text_encoder)
+    unet.requires_grad_(cfg.finetune.method == "full")
+    text_encoder.requires_grad_(text_trains and cfg.finetune.method == "full")
+    if cfg.finetune.method == "lora":
+        lora = cfg.finetune.lora
         alpha = lora.alpha if lora.alpha is not None else lora.rank
         unet.add_adapter(LoraConfig(r=lora.rank, lora_alpha=alpha, target_modules=list(lora.unet_target_modules)))
         if text_trains:
@@ -183,14 +183,14 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
     params = [p for m in (unet, text_encoder) for p in m.parameters() if p.requires_grad]
     opt = cfg.optimizer
     optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay)
-    schedule = {"constant": "constant_with_warmup"}.get(opt.scheduler, opt.scheduler)
+    schedule = {"constant": "constant_with_warmup"}.get(opt.lr_schedule, opt.lr_schedule)
     lr_schedule = get_scheduler(
         schedule, optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=steps + warmup
     )
     scheduler = parts.noise_scheduler
     states = None if text_trains else torch.cat([e for e in encoded.text_embeddings for _ in range(batch)]).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16-mixed")
-    clip, gamma = cfg.trainer.get("gradient_clip_val"), cfg.model.min_snr_gamma
+    clip, gamma = cfg.trainer.get("gradient_clip_val"), cfg.finetune.min_snr_gamma
     times = []
     for _ in range(warmup + steps):
         start = time.perf_counter()
@@ -228,10 +228,10 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
 def step_flops(cfg, counted: dict[str, float] | None = None) -> float:
     """Model TFLOP of one training step (see the module docstring); ``counted``: :func:`counted_flops` of the model."""
     counted = counted or counted_flops(cfg.model, cfg.data.resolution)
-    passes = 3 if cfg.model.finetune == "full" else 2
+    passes = 3 if cfg.finetune.method == "full" else 2
     samples = cfg.data.batch_size * (2 if cfg.prior.weight > 0 else 1)
     flops = passes * counted["unet_forward"]
-    if cfg.model.train_text_encoder:
+    if cfg.finetune.train_text_encoder:
         flops += passes * counted["text_encoder"]
     if not (cfg.data.cache_latents and cfg.data.center_crop):
         flops += counted["vae_encode"]
@@ -246,13 +246,12 @@ def device_peak_tflops() -> float | None:
 
 
 def print_table(cfg, rows: list[dict], ratios: dict, steps: int, warmup: int, rounds: int) -> None:
-    from dbexp.bench import _device
-
     samples = cfg.data.batch_size * (2 if cfg.prior.weight > 0 else 1)
     print(
         f"\ndbexp bench train — model={cfg.model.name}{' (random init)' if cfg.model.init == 'random' else ''}, "
         f"{cfg.data.resolution} px, {samples} samples per step, text encoder "
-        f"{'trained' if cfg.model.train_text_encoder else 'frozen'}, {_device()}; median of {steps} steps "
+        f"{'trained' if cfg.finetune.train_text_encoder else 'frozen'}, {device_description()}; "
+        f"median of {steps} steps "
         f"after {warmup} warm-up, {rounds} round(s)"
     )
     print(f"{'finetune':<9} {'memory':<8} {'precision':<11} {'ms/step':>9} {'p90 ms':>9} {'peak MiB':>10} {'MFU':>6}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from dbexp import CONF_DIR
-from dbexp.console import announce
+from dbexp.console import announce, format_bytes
 from dbexp.errors import UserInputError, exit_on_user_error
 
 KINDS = ("models", "class_images", "latents", "text", "trained")
@@ -39,7 +39,9 @@ def default_cache_dir() -> Path:
     """``paths.cache_dir`` as a run composes it."""
     from hydra import compose, initialize_config_dir
 
-    import dbexp.train  # noqa: F401  (the schema the config needs)
+    from dbexp.config import register_configs
+
+    register_configs()
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train")
@@ -101,14 +103,6 @@ def _detail(kind: str, path: Path) -> str:
     return ""
 
 
-def human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
 def cmd_ls(root: Path, args) -> None:
     rows = [e for e in entries(root) if args.kind in (None, e.kind)]
     if not rows:
@@ -117,11 +111,11 @@ def cmd_ls(root: Path, args) -> None:
         group = [e for e in rows if e.kind == kind]
         if not group:
             continue
-        print(f"{kind} ({len(group)}, {human(sum(e.size for e in group))})")
+        print(f"{kind} ({len(group)}, {format_bytes(sum(e.size for e in group))})")
         shown = group if (args.all or kind in ("models", "class_images", "trained")) else []
         for e in shown:
             used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
-            print(f"  {e.key:<26} {human(e.size):>9}  used {used}  {e.detail}")
+            print(f"  {e.key:<26} {format_bytes(e.size):>10}  used {used}  {e.detail}")
         if not shown:
             print("  (one file per image or prompt; --all lists them)")
 
@@ -130,8 +124,8 @@ def cmd_du(root: Path, args) -> None:
     everything = entries(root)
     for kind in KINDS:
         group = [e for e in everything if e.kind == kind]
-        print(f"{kind:<13} {len(group):>6} entries {human(sum(e.size for e in group)):>10}")
-    print(f"{'total':<13} {len(everything):>6} entries {human(sum(e.size for e in everything)):>10}")
+        print(f"{kind:<13} {len(group):>6} entries {format_bytes(sum(e.size for e in group)):>11}")
+    print(f"{'total':<13} {len(everything):>6} entries {format_bytes(sum(e.size for e in everything)):>11}")
 
 
 def cmd_prune(root: Path, args) -> None:
@@ -149,7 +143,7 @@ def cmd_prune(root: Path, args) -> None:
     ]
     freed = 0
     for e in chosen:
-        print(f"{'would remove' if args.dry_run else 'removing'} {e.kind}/{e.key} ({human(e.size)})")
+        print(f"{'would remove' if args.dry_run else 'removing'} {e.kind}/{e.key} ({format_bytes(e.size)})")
         if args.dry_run:
             continue
         freed += e.size
@@ -159,7 +153,10 @@ def cmd_prune(root: Path, args) -> None:
             (e.path.parent / f"{e.path.name}.lock").unlink(missing_ok=True)
         else:
             e.path.unlink(missing_ok=True)
-    print(f"{len(chosen)} entries, {human(sum(e.size for e in chosen))}" + (" (dry run)" if args.dry_run else " freed"))
+    print(
+        f"{len(chosen)} entries, {format_bytes(sum(e.size for e in chosen))}"
+        + (" (dry run)" if args.dry_run else " freed")
+    )
 
 
 def parser() -> argparse.ArgumentParser:

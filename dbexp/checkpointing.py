@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from dbexp.atomic_files import atomic_path
+from dbexp.config_roles import resume_setting
 from dbexp.errors import UserInputError
-
-#: Config keys that do not change what training computes: a run that differs only there is
-#: "the same setting" for ``ckpt_path=last`` (``trainer.max_steps`` lets a resume train longer).
-NOT_PART_OF_SETTING = (
-    "ckpt_path",
-    "paths",
-    "logger",
-    "callbacks",
-    "eval",
-    "optimized_metric",
-    "trainer.max_steps",
-    "memory.gradient_checkpointing",  # a resume may save memory differently (a smaller GPU, say)
-    "memory.set_to_none",
-    "memory.offload_frozen",
-)
+from dbexp.fingerprint import fields_key
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -56,17 +41,8 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 def setting_fingerprint(cfg: DictConfig | dict) -> str:
-    """A hash of the config keys that shape training (unresolved, so run folders do not matter)."""
-    container = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else dict(cfg)
-    container.pop("hydra", None)
-    for dotted in NOT_PART_OF_SETTING:
-        node = container
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            node = node.get(parent, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()
+    """A hash of the config keys that shape training (:func:`dbexp.config_roles.resume_setting`)."""
+    return fields_key(resume_setting(cfg), stringify=True)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, runs_root: str | Path) -> str | None:

@@ -31,28 +31,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from dbexp import metric_suites  # noqa: E402
+from dbexp.config_roles import shows_in_report  # noqa: E402
 from dbexp.console import announce  # noqa: E402
 from dbexp.errors import UserInputError, exit_on_user_error  # noqa: E402
+from dbexp.sweep_trial import STUDY_ENV  # noqa: E402
 
-METRICS = (
-    "eval/score",
-    "eval/dino",
-    "eval/clip_i",
-    "eval/clip_t",
-    "eval/subject_fidelity",
-    "eval/prompt_fidelity",
-    "eval/pres",
-    "eval/div",
-    "train/loss",
-)
-#: Subject fidelity vs prompt fidelity, per metric suite: (x, y, x label, y label).
-FIDELITY_AXES = (
-    ("eval/dino", "eval/clip_t", "DINO (subject fidelity)", "CLIP-T (prompt fidelity)"),
-    ("eval/subject_fidelity", "eval/prompt_fidelity", "subject fidelity (toy oracle)", "prompt fidelity (toy oracle)"),
-)
+# The metric columns and the Pareto plot's subject-vs-prompt fidelity axes come from the metric suites
+# (dbexp.metric_suites.report_metrics, fidelity_axes); so do the directions of an MLflow experiment.
 CURVES = ("train/loss", "eval/score")
-#: Config keys that differ between runs only because each run has its own folder and name.
-PLACES = ("paths.", "logger.", "callbacks.", "trainer.default_root_dir", "task_name")
 
 
 @dataclass
@@ -100,7 +87,8 @@ def from_sweep_folder(folder: Path) -> Collection:
             seconds = trial.duration.total_seconds() if trial.duration else None
         else:
             state = "PRUNED" if "pruned_at_step" in metrics else ("COMPLETE" if metrics else "FAIL")
-            params, values, seconds = _overrides(trial_dir), None, _log_seconds(trial_dir)
+            params = {k: v for k, v in _overrides(trial_dir).items() if shows_in_report(k)}
+            values, seconds = None, _log_seconds(trial_dir)
         if state == "COMPLETE" and values is None and all(m in metrics for m in objectives):
             values = [float(metrics[m]) for m in objectives]
         runs.append(
@@ -127,7 +115,7 @@ def _study_trials(sweeper) -> dict[int, Any]:
         return {}
     import optuna
 
-    from hydra_plugins.dbexp_optuna_sweeper.sweeper import open_storage
+    from dbexp.sweep_trial import open_storage
 
     try:
         study = optuna.load_study(study_name=str(name), storage=open_storage(storage))
@@ -155,7 +143,7 @@ def _study_of(trial_dir: Path) -> str | None:
     overrides = trial_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
         return None
-    return next((o for o in OmegaConf.load(overrides) if "DBEXP_OPTUNA_STUDY" in o), None)
+    return next((o for o in OmegaConf.load(overrides) if STUDY_ENV in o), None)
 
 
 def _overrides(trial_dir: Path) -> dict[str, Any]:
@@ -216,8 +204,11 @@ def from_mlflow(name: str, tracking_uri: str, download_to: Path) -> Collection:
     for r in runs:
         for k, v in r.data.params.items():
             params_seen.setdefault(k, set()).add(v)
-    varied = sorted(k for k, values in params_seen.items() if len(values) > 1 and not k.startswith(PLACES))
+    # Parameters that differ between the runs and can change their results (dbexp.config_roles: not where
+    # things went — every run has its own folder — nor what changes nothing).
+    varied = sorted(k for k, values in params_seen.items() if len(values) > 1 and shows_in_report(k))
     objective = _objective_of(runs)
+    directions = objective_directions(objective)
     records = []
     for r in runs:
         tags = r.data.tags
@@ -246,8 +237,13 @@ def from_mlflow(name: str, tracking_uri: str, download_to: Path) -> Collection:
                 samples=samples,
             )
         )
-    directions = ["maximize" if m.startswith("eval/") and m != "eval/pres" else "minimize" for m in objective]
     return Collection(f"MLflow experiment {name}", tracking_uri, directions, objective, records)
+
+
+def objective_directions(objective: list[str]) -> list[str]:
+    """Which way each objective is better, from the metric suites (an MLflow run does not record the
+    sweep's ``hydra.sweeper.direction``); a metric no suite declares is taken as minimized (a loss)."""
+    return [metric_suites.direction(m) or "minimize" for m in objective]
 
 
 def _objective_of(runs) -> list[str]:
@@ -334,7 +330,11 @@ def plot_parallel_coordinates(collection: Collection, path: Path) -> Path | None
 def plot_pareto(collection: Collection, best: set[str], path: Path) -> Path | None:
     if len(collection.directions) < 2:
         return None
-    axes = [a for a in FIDELITY_AXES if any(a[0] in r.metrics and a[1] in r.metrics for r in collection.runs)]
+    axes = [
+        a
+        for a in metric_suites.fidelity_axes()
+        if any(a[0] in r.metrics and a[1] in r.metrics for r in collection.runs)
+    ]
     if not axes:
         return None
     x, y, x_label, y_label = axes[0]
@@ -389,7 +389,9 @@ def write_report(collection: Collection, out: Path, max_runs: int = 12, max_samp
     ]
     params = sorted({k for r in collection.runs for k in r.params})
     metrics = [
-        m for m in dict.fromkeys([*collection.objectives, *METRICS]) if any(m in r.metrics for r in collection.runs)
+        m
+        for m in dict.fromkeys([*collection.objectives, *metric_suites.report_metrics()])
+        if any(m in r.metrics for r in collection.runs)
     ]
     rows = []
     for run in ranked:

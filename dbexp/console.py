@@ -47,6 +47,18 @@ def expand_home_in_overrides(argv: list[str]) -> list[str]:
     return expanded
 
 
+def format_bytes(size: float) -> str:
+    """A byte count for people, in binary units with IEC names: ``512 B``, ``61.4 KiB``, ``7.0 MiB``, ``2.3 GiB``.
+
+    Every size dbexp shows goes through here, so the cache listing, the export line and the
+    benchmarks agree on what a "MiB" is (2**20 bytes; never the decimal MB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def announce(message: str) -> None:
     """Print where outputs went (stdout, rank zero only: DDP workers would repeat it)."""
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":

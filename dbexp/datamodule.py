@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from dbexp.config import DataConfig
 from dbexp.dreambench import BUNDLED_ROOT, read_classes
 from dbexp.errors import UserInputError
 from dbexp.images import load_image_folder
@@ -29,25 +30,6 @@ log = logging.getLogger(__name__)
 INSTANCE_STREAM, CLASS_STREAM = 0, 1
 #: Purposes of random numbers: augmentation and pass order here, diffusion noise in the module.
 AUGMENT, NOISE, ORDER = 0, 1, 2
-
-
-@dataclass
-class DataConfig:
-    """Schema of ``conf/data/*.yaml``."""
-
-    subject: str | None = None
-    dreambench_root: str | None = None
-    instance_dir: str | None = None
-    class_noun: str | None = None
-    token: str = "sks"
-    prompt_template: str = "a photo of {token} {class_noun}"
-    resolution: int = 512
-    center_crop: bool = True
-    random_flip: bool = False
-    batch_size: int = 1
-    num_workers: int = 0
-    cache_latents: bool = True
-    cache_text_embeddings: bool = True
 
 
 @dataclass

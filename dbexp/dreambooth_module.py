@@ -1,8 +1,8 @@
-"""The DreamBooth training task as a LightningModule (owner of the model group's training keys).
+"""The DreamBooth training task as a LightningModule: the loss, the optimizer, what is trained.
 
 The VAE is frozen (eval mode, no grad, never in the optimizer); the UNet is trained; the text
-encoder only with ``model.train_text_encoder``. With ``model.finetune=lora`` the base weights are
-frozen too and only LoRA adapters train. Checkpoints hold the trained weights only (the parameters
+encoder only with ``finetune.train_text_encoder``. With ``finetune=lora`` the base weights are
+frozen too and only LoRA adapters train (``dbexp.finetune``). Checkpoints hold the trained weights only (the parameters
 that require grad): the frozen ones come back from the base model on resume.
 """
 
@@ -16,14 +16,15 @@ import lightning as L
 import torch
 from diffusers import StableDiffusionPipeline
 
+from dbexp.config import FinetuneConfig, MemoryConfig, OptimizerConfig
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
 from dbexp.encoding_cache import tokenize
 from dbexp.errors import UserInputError
-from dbexp.lora import attach_adapters
+from dbexp.finetune import set_trainable
 from dbexp.losses import dreambooth_loss
-from dbexp.memory import MemoryConfig, apply_memory_settings
-from dbexp.model_loading import ModelConfig, ModelParts
-from dbexp.optimization import OptimizerConfig, build_lr_scheduler, build_optimizer
+from dbexp.memory import apply_memory_settings
+from dbexp.model_loading import ModelParts
+from dbexp.optimization import build_lr_scheduler, build_optimizer
 from dbexp.sampling import build_pipeline, sampler
 
 
@@ -31,7 +32,7 @@ class DreamBoothModule(L.LightningModule):
     def __init__(
         self,
         parts: ModelParts,
-        model_cfg: ModelConfig,
+        finetune_cfg: FinetuneConfig,
         optimizer_cfg: OptimizerConfig,
         instance_prompt: str,
         class_prompt: str | None,
@@ -49,17 +50,13 @@ class DreamBoothModule(L.LightningModule):
         self.tokenizer = parts.tokenizer
         self.noise_scheduler, self.inference_scheduler = parts.noise_scheduler, parts.inference_scheduler
         self.base_source = parts.source  # what a LoRA export points to
-        self.model_cfg, self.optimizer_cfg = model_cfg, optimizer_cfg
+        self.finetune_cfg, self.optimizer_cfg = finetune_cfg, optimizer_cfg
         self.memory_cfg = memory_cfg or MemoryConfig()
         self.prior_weight, self.seed = prior_weight, seed
-        self.train_text_encoder = model_cfg.train_text_encoder
+        self.train_text_encoder = finetune_cfg.train_text_encoder
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.vae.requires_grad_(False)
-        if model_cfg.finetune == "lora":
-            attach_adapters(self.unet, self.text_encoder, model_cfg.lora, self.train_text_encoder)
-        else:
-            self.unet.requires_grad_(True)
-            self.text_encoder.requires_grad_(self.train_text_encoder)
+        set_trainable(finetune_cfg, self.unet, self.text_encoder)
         apply_memory_settings(self.memory_cfg, self.unet, self.vae, self.text_encoder, self.train_text_encoder)
         if set(offload) - {"vae", "text_encoder"} or ("text_encoder" in offload and self.train_text_encoder):
             raise ValueError(f"only frozen parts can be offloaded, not {offload}")
@@ -167,7 +164,7 @@ class DreamBoothModule(L.LightningModule):
         if missing:
             raise UserInputError(
                 f"ckpt_path: the checkpoint lacks {len(missing)} of this run's trained weights (e.g. {missing[0]}); "
-                "it was made with another model, or with model.train_text_encoder or model.finetune set differently"
+                "it was made with another model, or with finetune.train_text_encoder or finetune.method set differently"
             )
 
     # --- the training step ----------------------------------------------------------------------
@@ -188,7 +185,7 @@ class DreamBoothModule(L.LightningModule):
             num_instance=num_instance,
             prior_weight=self.prior_weight,
             alphas_cumprod=self.alphas_cumprod,
-            min_snr_gamma=self.model_cfg.min_snr_gamma,
+            min_snr_gamma=self.finetune_cfg.min_snr_gamma,
             prediction_type=self.prediction_type,
         )
         if not torch.isfinite(loss.total):
@@ -255,9 +252,9 @@ class DreamBoothModule(L.LightningModule):
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
         num_train_timesteps = self.noise_scheduler.config.num_train_timesteps
         timesteps = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
-        if self.model_cfg.noise_offset:
+        if self.finetune_cfg.noise_offset:
             offset = torch.stack([torch.randn(shape[0], 1, 1, generator=g) for g in generators])
-            noise = noise + self.model_cfg.noise_offset * offset
+            noise = noise + self.finetune_cfg.noise_offset * offset
         device = mean.device
         latents = (mean + std * latent_eps.to(device, mean.dtype)) * self.vae.config.scaling_factor
         return latents, noise.to(device, latents.dtype), timesteps.to(device)

@@ -14,40 +14,36 @@ under a temporary name and renamed, so concurrent runs never read a half-written
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dbexp.atomic_files import atomic_path
 from dbexp.datamodule import center_square, to_tensor
+from dbexp.fingerprint import fields_key, image_digest
 
 log = logging.getLogger(__name__)
 #: Bumped when how an image becomes VAE input (resize, crop, normalisation) changes.
 LATENT_FORMAT = 1
-
-
-def image_digest(image: Image.Image) -> str:
-    """Content hash of decoded pixels (so re-encoding a JPEG or renaming a file does not matter)."""
-    digest = hashlib.sha256(f"{image.mode}:{image.size}:".encode())
-    digest.update(np.asarray(image).tobytes())
-    return digest.hexdigest()
+#: Hex characters of a latent or text-embedding key (changing it renames every entry).
+KEY_LENGTH = 24
 
 
 def latent_key(vae_identity: str, image: Image.Image, resolution: int, flips: bool) -> str:
-    return content_key(
-        format=LATENT_FORMAT,
-        vae=vae_identity,
-        image=image_digest(image),
-        resolution=resolution,
-        crop="center",
-        flips=flips,
+    return fields_key(
+        {
+            "format": LATENT_FORMAT,
+            "vae": vae_identity,
+            "image": image_digest(image),
+            "resolution": resolution,
+            "crop": "center",
+            "flips": flips,
+        },
+        length=KEY_LENGTH,
     )
 
 
@@ -105,7 +101,10 @@ def cached_text_embeddings(
     folder = Path(cache_dir).expanduser().resolve() / "text"
     folder.mkdir(parents=True, exist_ok=True)
     te, tok, length = identity["text_encoder"], identity["tokenizer"], tokenizer.model_max_length
-    keys = [content_key(text_encoder=te, tokenizer=tok, prompt=p, max_length=length) for p in prompts]
+    keys = [
+        fields_key({"text_encoder": te, "tokenizer": tok, "prompt": p, "max_length": length}, length=KEY_LENGTH)
+        for p in prompts
+    ]
     paths = [folder / f"{key}.safetensors" for key in keys]
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     if missing:
@@ -118,11 +117,6 @@ def cached_text_embeddings(
         finally:
             text_encoder.to(te_device)
     return [_load_touched(path)["states"] for path in paths]
-
-
-def content_key(**fields) -> str:
-    """A cache entry's name: the hash of the fields that determine its content."""
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def tokenize(tokenizer, prompt: str) -> torch.Tensor:

@@ -9,41 +9,22 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import DictConfig
 
-from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
-from dbexp.datamodule import DataConfig, check_data_config, load_subject_images, resolve_subject
+from dbexp import metric_suites
+from dbexp.config import prepare_command_line
+from dbexp.console import announce, quiet_known_noise
+from dbexp.datamodule import check_data_config, load_subject_images, resolve_subject
 from dbexp.errors import UserInputError, exit_on_user_error
-from dbexp.evaluation import EvalConfig, check_eval_config, check_score, eval_prompts, evaluate_at_scales, summary_table
+from dbexp.eval_protocol import check_eval_config, check_score, eval_prompts, evaluate_at_scales, summary_table
 from dbexp.export import METADATA
 from dbexp.generate import load_pipeline
 from dbexp.metric_models import load_metric_models
 from dbexp.sampling import sampler
 from dbexp.tracking import open_loggers
-from dbexp.train import PathsConfig
-
-
-@dataclass
-class EvaluateConfig:
-    """Schema of ``conf/evaluate.yaml``."""
-
-    task_name: str = "evaluate"
-    pipeline: str = MISSING
-    device: str = "auto"
-    dtype: str = "auto"
-    data: DataConfig = MISSING
-    eval: EvalConfig = MISSING
-    paths: PathsConfig = MISSING
-    logger: dict[str, Any] | None = field(default_factory=dict)
-
-
-ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -57,12 +38,12 @@ def run(cfg: DictConfig) -> dict:
     prompts = eval_prompts(cfg.eval, cfg.data.token, subject.class_noun)
     suite = _suite(cfg)
     check_score(cfg.eval, suite)
-    if suite == "none":
-        raise UserInputError("eval.metrics=none: nothing to evaluate; use dreambench (or tiny for test models)")
+    if not metric_suites.get(suite).evaluates:
+        raise UserInputError(f"eval.metrics={suite}: nothing to evaluate; use dreambench (or tiny for test models)")
     out = Path(cfg.paths.output_dir)
     announce(f"evaluation dir: {out}")
     pipeline = load_pipeline(cfg.pipeline, cfg.device, cfg.dtype)
-    pipeline.scheduler = sampler(pipeline.scheduler, cfg.eval.scheduler)
+    pipeline.scheduler = sampler(pipeline.scheduler, cfg.eval.sampler)
     models = load_metric_models(suite, cfg.eval, cfg.paths.cache_dir, pipeline.device)
     native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # the model's own image size
     with open_loggers(cfg.logger) as loggers:
@@ -94,7 +75,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """``dbexp-evaluate``, also ``python -m dbexp.evaluate``."""
-    sys.argv = expand_home_in_overrides(sys.argv)
+    sys.argv = prepare_command_line(sys.argv)
     main()
 
 

@@ -1,5 +1,5 @@
 """Export of the fine-tuned model: a diffusers ``StableDiffusionPipeline`` folder (safetensors), or —
-with ``model.finetune=lora`` — the LoRA weights alone with a pointer to the base model."""
+with ``finetune=lora`` — the LoRA weights alone with a pointer to the base model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 from dbexp.atomic_files import atomic_path
-from dbexp.lora import save_lora
+from dbexp.console import format_bytes
+from dbexp.finetune import save_lora
 from dbexp.model_loading import save_pipeline
 
 log = logging.getLogger(__name__)
@@ -19,14 +20,15 @@ log = logging.getLogger(__name__)
 METADATA = "dbexp.json"
 
 
-def export_pipeline(module, folder: str | Path) -> Path:
+def export_pipeline(module, model_cfg, folder: str | Path) -> Path:
     """The module's current weights with the base model's sampler, replacing an earlier export."""
-    cfg = module.model_cfg
-    metadata = {"base_model": cfg.name, "eval_metrics": cfg.eval_metrics, "finetune": cfg.finetune}
+    cfg, finetune = model_cfg, module.finetune_cfg
+    metadata = {"base_model": cfg.name, "eval_metrics": cfg.eval_metrics, "finetune": finetune.method}
     folder = Path(folder)
-    if cfg.finetune == "lora":
+    if finetune.method == "lora":
         metadata["base"] = {"pretrained": module.base_source, "revision": cfg.revision, "variant": cfg.variant}
-        metadata["lora"] = {"rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "text_encoder": module.train_text_encoder}
+        lora = finetune.lora
+        metadata["lora"] = {"rank": lora.rank, "alpha": lora.alpha, "text_encoder": module.train_text_encoder}
         if folder.exists():
             shutil.rmtree(folder)
         with atomic_path(folder) as staging:
@@ -42,15 +44,7 @@ def export_pipeline(module, folder: str | Path) -> Path:
 
 
 def describe_export(folder: Path) -> str:
-    """``<folder> (LoRA weights + base pointer, 61.4 KB)`` or ``<folder> (full pipeline, 7.0 MB)``."""
+    """``<folder> (LoRA weights + base pointer, 60.0 KiB)`` or ``<folder> (full pipeline, 6.7 MiB)``."""
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     kind = "full pipeline" if (folder / "model_index.json").is_file() else "LoRA weights + base pointer"
-    return f"{folder} ({kind}, {_human(size)})"
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if size < 1000:
-            return f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
+    return f"{folder} ({kind}, {format_bytes(size)})"

@@ -8,53 +8,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import DictConfig
 
-from dbexp.console import announce, expand_home_in_overrides, quiet_known_noise
+from dbexp.config import MOVED_GENERATE_KEYS, prepare_command_line
+from dbexp.console import announce, quiet_known_noise
 from dbexp.errors import UserInputError, exit_on_user_error
 from dbexp.export import METADATA
-from dbexp.lora import is_lora_export
+from dbexp.finetune import is_lora_export
 from dbexp.model_loading import hub_or_folder
 from dbexp.sampling import check_sampler, generate, make_grid, sampler
 
 log = logging.getLogger("dbexp.generate")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class GeneratePathsConfig:
-    root_dir: str = MISSING
-    log_dir: str = MISSING
-    output_dir: str = MISSING
-
-
-@dataclass
-class GenerateConfig:
-    """Schema of ``conf/generate.yaml``."""
-
-    task_name: str = "generate"
-    pipeline: str = MISSING
-    prompt: str = MISSING
-    negative_prompt: str = ""
-    guidance_scale: float = 7.5
-    num_inference_steps: int = 50
-    seed: int = 0
-    num_images: int = 4
-    batch_size: int = 4
-    resolution: int | None = None
-    scheduler: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    paths: GeneratePathsConfig = MISSING
-
-
-ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)
 
 
 def load_pipeline(folder: str, device: str, dtype: str):
@@ -100,10 +69,10 @@ def run(cfg: DictConfig) -> list[Path]:
         raise UserInputError("num_images, batch_size and num_inference_steps must each be >= 1")
     if cfg.resolution is not None and cfg.resolution % 8:
         raise UserInputError(f"resolution={cfg.resolution}: must be a multiple of 8")
-    check_sampler(cfg.scheduler, "scheduler")
+    check_sampler(cfg.sampler, "sampler")
     out = Path(cfg.paths.output_dir)
     pipeline = load_pipeline(cfg.pipeline, cfg.device, cfg.dtype)
-    pipeline.scheduler = sampler(pipeline.scheduler, cfg.scheduler)
+    pipeline.scheduler = sampler(pipeline.scheduler, cfg.sampler)
     seeds = [cfg.seed + i for i in range(cfg.num_images)]
     images = generate(
         pipeline,
@@ -135,7 +104,7 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """``dbexp-generate``, also ``python -m dbexp.generate``."""
-    sys.argv = expand_home_in_overrides(sys.argv)
+    sys.argv = prepare_command_line(sys.argv, MOVED_GENERATE_KEYS)
     main()
 
 

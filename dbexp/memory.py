@@ -8,23 +8,11 @@ tier. This module applies the keys of its own schema, :class:`MemoryConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from dbexp.config import MemoryConfig
 from dbexp.errors import UserInputError
 from dbexp.extras import require
 
 ATTENTION = ("sdpa", "eager")
-
-
-@dataclass
-class MemoryConfig:
-    """Schema of ``memory`` (set by ``conf/memory/*.yaml``)."""
-
-    gradient_checkpointing: bool = False
-    optimizer_8bit: bool = False
-    attention: str = "sdpa"
-    set_to_none: bool = True
-    offload_frozen: bool = False
 
 
 def check_memory_config(cfg: MemoryConfig, optimizer_name: str) -> None:

@@ -4,13 +4,13 @@ They load from a hub id or a local folder (one clear line when neither is there)
 builds small random ones from transformers configs, saves them once under the cache root and
 loads them through the same ``from_pretrained`` path — for tests and offline runs, where the
 numbers exercise the pipeline but mean nothing. Loaded once per process; :func:`release` frees them.
+These are the ``dreambench`` and ``tiny`` suites' loaders; which suite loads what is declared in
+``dbexp.metric_suites`` (:func:`load_metric_models` and :func:`metric_model_folders` ask it).
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +28,15 @@ from transformers import (
     ViTModel,
 )
 
+from dbexp import metric_suites
 from dbexp.atomic_files import atomic_path
 from dbexp.dreambench import prompt_vocabulary_text
+from dbexp.fingerprint import fields_key
 from dbexp.metrics import diversity, mean_pairwise_similarity, real_reference, text_alignment, within_set_similarity
 from dbexp.model_loading import hub_or_folder
 from dbexp.tokenizer import build_clip_tokenizer, words_of
-from dbexp.toy.judge import ToyJudge, oracle_folder
 
 log = logging.getLogger(__name__)
-SUITES = ("dreambench", "tiny")
 #: The tiny suite's architectures (random weights, seed 0): enough to run every metric end to end.
 TINY = {
     "dino": {
@@ -68,10 +68,6 @@ TINY = {
     },
     "projection_dim": 32,
 }
-
-
-#: The DreamBooth paper's metrics, what :meth:`MetricModels.score` measures.
-DREAMBENCH_METRICS = ("dino", "clip_i", "clip_t", "pres", "div")
 
 
 @dataclass
@@ -150,15 +146,28 @@ def _features(output) -> torch.Tensor:
 _LOADED: dict[tuple, MetricModels] = {}
 
 
-def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torch.device | str = "cpu") -> MetricModels:
-    """The suite's embedders (``eval.dino_model``/``clip_model`` and revisions), loaded once per process."""
+def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torch.device | str = "cpu"):
+    """The suite's models (``dbexp.metric_suites``: embedders, or the toy oracle), loaded once per process."""
+    return metric_suites.get(suite).load(eval_cfg, cache_dir, device)
+
+
+def load_dreambench(eval_cfg, cache_dir: str | Path, device: torch.device | str = "cpu") -> MetricModels:
+    """The ``dreambench`` suite: ``eval.dino_model``/``clip_model`` (and revisions) from the hub or a folder."""
+    return _load_embedders("dreambench", eval_cfg, cache_dir, device)
+
+
+def load_tiny(eval_cfg, cache_dir: str | Path, device: torch.device | str = "cpu") -> MetricModels:
+    """The ``tiny`` suite: small random DINO and CLIP, built once under the cache root."""
+    return _load_embedders("tiny", eval_cfg, cache_dir, device)
+
+
+def _load_embedders(suite: str, eval_cfg, cache_dir: str | Path, device: torch.device | str) -> MetricModels:
     dino_model, clip_model = eval_cfg.dino_model, eval_cfg.clip_model
-    if suite == "toy":  # the toy world's oracle, not embedders
-        return ToyJudge()
+    tiny = suite == "tiny"
     key = (suite, dino_model, eval_cfg.dino_revision, clip_model, eval_cfg.clip_revision, str(device))
     if key not in _LOADED:
-        dino_path, clip_path = metric_model_folders(suite, eval_cfg, cache_dir)
-        dino_source, clip_source = (dino_model, clip_model) if suite != "tiny" else (dino_path, clip_path)
+        dino_path, clip_path = tiny_folders(eval_cfg, cache_dir) if tiny else dreambench_folders(eval_cfg, cache_dir)
+        dino_source, clip_source = (dino_path, clip_path) if tiny else (dino_model, clip_model)
         device = torch.device(device)
         dino = ViTModel.from_pretrained(dino_path, add_pooling_layer=False, dtype=torch.float32).to(device).eval()
         clip = CLIPModel.from_pretrained(clip_path, dtype=torch.float32).to(device).eval()
@@ -173,10 +182,10 @@ def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torc
             device=device,
             description={
                 "suite": suite,
-                "dino_model": dino_source if suite != "tiny" else "tiny (random, built from config)",
-                "dino_revision": eval_cfg.dino_revision if suite != "tiny" else None,
-                "clip_model": clip_source if suite != "tiny" else "tiny (random, built from config)",
-                "clip_revision": eval_cfg.clip_revision if suite != "tiny" else None,
+                "dino_model": "tiny (random, built from config)" if tiny else dino_source,
+                "dino_revision": None if tiny else eval_cfg.dino_revision,
+                "clip_model": "tiny (random, built from config)" if tiny else clip_source,
+                "clip_revision": None if tiny else eval_cfg.clip_revision,
                 "dino_preprocessing": _preprocessing(dino_processor),
                 "clip_preprocessing": _preprocessing(clip_processor),
                 "summary": f"models: DINO {dino_source}, CLIP {clip_source}",
@@ -186,13 +195,18 @@ def load_metric_models(suite: str, eval_cfg, cache_dir: str | Path, device: torc
     return _LOADED[key]
 
 
-def metric_model_folders(suite: str, eval_cfg, cache_dir: str | Path) -> tuple[Path, Path]:
-    """Local folders of the suite's DINO and CLIP (hub snapshots, the user's folders, or the built tiny
-    ones) — cheap, so runs call it before the expensive work: missing weights are one line, not a lost run."""
-    if suite == "tiny":
-        return build_tiny(cache_dir)
-    if suite == "toy":
-        return oracle_folder(), oracle_folder()
+def metric_model_folders(suite: str, eval_cfg, cache_dir: str | Path) -> tuple[Path, ...]:
+    """Local folders of the suite's weights (DINO and CLIP: hub snapshots, the user's folders, or the built
+    tiny ones; the toy oracle's) — cheap, so runs call it before the expensive work: missing weights are
+    one line, not a lost run."""
+    return metric_suites.get(suite).model_folders(eval_cfg, cache_dir)
+
+
+def tiny_folders(eval_cfg, cache_dir: str | Path) -> tuple[Path, Path]:
+    return build_tiny(cache_dir)
+
+
+def dreambench_folders(eval_cfg, cache_dir: str | Path) -> tuple[Path, Path]:
     files = ["*.json", "*.safetensors", "*.txt"]  # safetensors only: nothing is unpickled
     return (
         hub_or_folder(eval_cfg.dino_model, "eval.dino_model", eval_cfg.dino_revision, files),
@@ -210,12 +224,7 @@ def release() -> None:
 
 def build_tiny(cache_dir: str | Path) -> tuple[Path, Path]:
     """The tiny DINO and CLIP folders (built once, atomically, under ``<cache>/models/``)."""
-    spec = json.dumps(TINY, sort_keys=True)
-    root = (
-        Path(cache_dir).expanduser().resolve()
-        / "models"
-        / f"metrics-tiny-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
-    )
+    root = Path(cache_dir).expanduser().resolve() / "models" / f"metrics-tiny-{fields_key(TINY, length=12)}"
     dino_dir, clip_dir = root / "dino", root / "clip"
     if not (dino_dir / "config.json").is_file() or not (clip_dir / "config.json").is_file():
         root.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ path SD1.5 takes. ``model.init=random`` builds a full architecture in memory (be
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,13 +20,14 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dbexp.atomic_files import atomic_path
+from dbexp.config import ModelConfig
 from dbexp.dreambench import prompt_vocabulary_text
 from dbexp.errors import UserInputError
-from dbexp.lora import LoraSettings, check_lora_settings
+from dbexp.fingerprint import folder_digest, text_digest
 from dbexp.sampling import build_pipeline
 from dbexp.tokenizer import build_clip_tokenizer, words_of
 
@@ -35,31 +35,9 @@ log = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
-#: Config keys that record where a model was loaded from, not what it is.
-PATH_KEYS = ("_name_or_path", "name_or_path")
 INIT_MODES = ("pretrained", "random")
 #: Bumped whenever the way a built model is written changes, so stale cache entries are not reused.
 BUILD_FORMAT = 2
-
-
-@dataclass
-class ModelConfig:
-    """Schema of ``conf/model/*.yaml``."""
-
-    name: str = MISSING
-    pretrained: str | None = None
-    revision: str | None = None
-    variant: str | None = None
-    init: str = "pretrained"
-    resolution: int = 512
-    prediction_type: str | None = None
-    train_text_encoder: bool = False
-    finetune: str = "full"  # full | lora
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    min_snr_gamma: float | None = None
-    noise_offset: float = 0.0
-    eval_metrics: str = "dreambench"
-    architecture: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,9 +75,6 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise UserInputError(
             f"model.pretrained={cfg.pretrained}: folder does not exist; give a diffusers folder or a hub id"
         )
-    if cfg.min_snr_gamma is not None and cfg.min_snr_gamma <= 0:
-        raise UserInputError(f"model.min_snr_gamma={cfg.min_snr_gamma}: must be > 0 (or null to disable)")
-    check_lora_settings(cfg.finetune, cfg.lora)
 
 
 def load_model(cfg: ModelConfig, cache_dir: str | Path) -> ModelParts:
@@ -136,7 +111,7 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
         noise_scheduler=DDPMScheduler.from_config(scheduler_config),
         inference_scheduler=_scheduler_from_config(scheduler_config),
         source=pretrained,
-        identity={part: fingerprint_folder(Path(folder) / part) for part in PARTS},
+        identity={part: folder_digest(Path(folder) / part) for part in PARTS},
     )
 
 
@@ -167,7 +142,7 @@ def build_components(architecture: dict[str, Any]) -> ModelParts:
         inference_scheduler=inference_scheduler,
         source="random",
         # Seeded weights: the architecture (with its seed) is the content.
-        identity={part: _sha256(f"random:{part}:{spec}") for part in PARTS},
+        identity={part: text_digest(f"random:{part}:{spec}") for part in PARTS},
     )
 
 
@@ -178,7 +153,7 @@ def materialize_architecture(name: str, architecture: dict[str, Any], cache_dir:
     rename wins (the copies are identical: the weights are seeded).
     """
     spec = json.dumps({"format": BUILD_FORMAT, "architecture": architecture}, sort_keys=True, default=str)
-    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    key = text_digest(spec, length=12)
     folder = Path(cache_dir).expanduser().resolve() / "models" / f"{name}-{key}"
     if not (folder / "model_index.json").is_file():
         save_pipeline(build_components(architecture), folder, extra_files={"dbexp_architecture.json": spec})
@@ -213,35 +188,8 @@ def with_prediction_type(parts: ModelParts, prediction_type: str) -> ModelParts:
     config["prediction_type"] = prediction_type
     parts.noise_scheduler = DDPMScheduler.from_config(config)
     parts.inference_scheduler = type(parts.inference_scheduler).from_config(config)
-    parts.identity["scheduler"] = _sha256(f"{parts.identity.get('scheduler')}:{prediction_type}")
+    parts.identity["scheduler"] = text_digest(f"{parts.identity.get('scheduler')}:{prediction_type}")
     return parts
-
-
-def fingerprint_folder(folder: Path, sample: int = 1 << 20) -> str:
-    """A content fingerprint of one part's folder: JSON configs by content (minus where they were
-    loaded from), other files by name, size and the SHA-256 of their first and last MiB (all of
-    it when small). Reads ~2 MiB per file, so a 3 GB UNet costs milliseconds; fine-tuned weights
-    differ in their first tensors, so they never collide with the base model's."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        if file.suffix == ".json":  # configs: content only, not the path they were last loaded from
-            config = json.loads(file.read_text())
-            if isinstance(config, dict):
-                config = {k: v for k, v in config.items() if k not in PATH_KEYS}
-            digest.update(f"{file.relative_to(folder)}:{json.dumps(config, sort_keys=True)}".encode())
-            continue
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder)}:{size}:".encode())
-        with open(file, "rb") as f:
-            digest.update(f.read(sample))
-            if size > 2 * sample:
-                f.seek(-sample, os.SEEK_END)
-            digest.update(f.read(sample))
-    return digest.hexdigest()
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _plain(node: Any) -> Any:

@@ -6,33 +6,16 @@ Used by ``DreamBoothModule.configure_optimizers``. Schedules come from diffusers
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from diffusers.optimization import get_scheduler
 
+from dbexp.config import OptimizerConfig
 from dbexp.errors import UserInputError
 from dbexp.memory import adamw_8bit_class
 
 OPTIMIZERS = ("adamw", "sgd")
 #: Our names → diffusers' schedule names (each accepts a warm-up; "constant" with 0 warm-up is flat).
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
-
-
-@dataclass
-class OptimizerConfig:
-    """Schema of ``conf/optimizer/*.yaml``."""
-
-    name: str = "adamw"
-    lr: float = 5e-6
-    text_encoder_lr: float | None = None
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 1e-2
-    momentum: float = 0.0
-    nesterov: bool = False
-    scheduler: str = "constant"
-    warmup_steps: int = 0
 
 
 def check_optimizer_config(cfg: OptimizerConfig) -> None:
@@ -42,8 +25,8 @@ def check_optimizer_config(cfg: OptimizerConfig) -> None:
         raise UserInputError(f"optimizer.lr={cfg.lr}: the learning rate must be > 0 (DreamBooth uses ~1e-6..5e-6)")
     if cfg.text_encoder_lr is not None and cfg.text_encoder_lr <= 0:
         raise UserInputError(f"optimizer.text_encoder_lr={cfg.text_encoder_lr}: must be > 0 (or null to use lr)")
-    if cfg.scheduler not in SCHEDULES:
-        raise UserInputError(f"optimizer.scheduler={cfg.scheduler}: use one of {', '.join(SCHEDULES)}")
+    if cfg.lr_schedule not in SCHEDULES:
+        raise UserInputError(f"optimizer.lr_schedule={cfg.lr_schedule}: use one of {', '.join(SCHEDULES)}")
     if cfg.warmup_steps < 0:
         raise UserInputError(f"optimizer.warmup_steps={cfg.warmup_steps}: must be >= 0")
     if len(cfg.betas) != 2:
@@ -74,7 +57,7 @@ def build_lr_scheduler(
     cfg: OptimizerConfig, optimizer: torch.optim.Optimizer, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     return get_scheduler(
-        SCHEDULES[cfg.scheduler],
+        SCHEDULES[cfg.lr_schedule],
         optimizer=optimizer,
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=total_steps,

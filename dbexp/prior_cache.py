@@ -11,7 +11,6 @@ with one correct set; every file is written under a temporary name and renamed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -25,29 +24,15 @@ from tqdm.auto import tqdm
 
 from dbexp import __version__
 from dbexp.atomic_files import atomic_path
+from dbexp.config import PriorConfig
 from dbexp.errors import UserInputError
+from dbexp.fingerprint import fields_key
 from dbexp.images import load_image_folder, load_image_rgb
 from dbexp.model_loading import ModelParts
 from dbexp.sampling import build_pipeline, check_sampler, generate, sampler
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class PriorConfig:
-    """Schema of ``conf/prior/*.yaml``."""
-
-    weight: float = 1.0
-    class_prompt: str = "a photo of {class_noun}"
-    class_dir: str | None = None
-    num_class_images: int = 100
-    negative_prompt: str = ""
-    num_inference_steps: int = 25
-    guidance_scale: float = 7.5
-    scheduler: str | None = None
-    batch_size: int = 4
-    seed: int = 0
 
 
 def check_prior_config(cfg: PriorConfig, class_noun: str | None) -> None:
@@ -68,7 +53,7 @@ def check_prior_config(cfg: PriorConfig, class_noun: str | None) -> None:
         raise UserInputError(f"prior.num_class_images={cfg.num_class_images}: must be >= 1 when prior.weight > 0")
     if cfg.batch_size < 1:
         raise UserInputError(f"prior.batch_size={cfg.batch_size}: must be >= 1")
-    check_sampler(cfg.scheduler, "prior.scheduler")
+    check_sampler(cfg.sampler, "prior.sampler")
 
 
 def class_prompt(cfg: PriorConfig, class_noun: str | None) -> str:
@@ -87,7 +72,7 @@ def class_image_fields(cfg: PriorConfig, parts: ModelParts, prompt: str, resolut
         "class_prompt": prompt,
         "negative_prompt": cfg.negative_prompt,
         "num_inference_steps": cfg.num_inference_steps,
-        "scheduler": type(sampler(parts.inference_scheduler, cfg.scheduler)).__name__,
+        "scheduler": type(sampler(parts.inference_scheduler, cfg.sampler)).__name__,  # named before prior.sampler
         "guidance_scale": float(cfg.guidance_scale),
         "resolution": resolution,
         "seed": cfg.seed,
@@ -95,7 +80,7 @@ def class_image_fields(cfg: PriorConfig, parts: ModelParts, prompt: str, resolut
 
 
 def cache_key(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
+    return fields_key(fields, length=20)
 
 
 @dataclass
@@ -144,7 +129,7 @@ def _generate_missing(
     cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int, folder: Path, have: int, wanted: int
 ) -> None:
     pipeline = build_pipeline(
-        parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, sampler(parts.inference_scheduler, cfg.scheduler)
+        parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, sampler(parts.inference_scheduler, cfg.sampler)
     )
     bar = tqdm(total=wanted, initial=have, desc="class images", unit="img")
     for begin in range(have, wanted, cfg.batch_size):

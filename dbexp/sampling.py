@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dbexp.errors import UserInputError
 
-#: Short sampler names usable in configs (``eval.scheduler``, ``prior.scheduler``, ``scheduler=``).
+#: Short sampler names usable in configs (``eval.sampler``, ``prior.sampler``, generate's ``sampler=``).
 SAMPLERS = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",

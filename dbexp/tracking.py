@@ -14,7 +14,6 @@ API keys and tokens are read by MLflow and W&B from the environment only; nothin
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -193,10 +192,10 @@ def redact(key: str, value: str) -> str:
 
 def run_tags(instance_images: list) -> dict[str, str]:
     """Provenance: git commit of the dbexp source, dbexp and library versions, dataset fingerprint, sweep trial."""
-    from dbexp.encoding_cache import image_digest
-    from hydra_plugins.dbexp_optuna_sweeper.trial import STUDY_ENV, trial_number
+    from dbexp.fingerprint import image_digest, text_digest
+    from dbexp.sweep_trial import STUDY_ENV, trial_number
 
-    digest = hashlib.sha256("".join(image_digest(i) for i in instance_images).encode()).hexdigest()[:16]
+    digest = text_digest("".join(image_digest(i) for i in instance_images), length=16)
     tags = {"dbexp.version": __version__, "dbexp.dataset_fingerprint": digest, **git_state()}
     for name in LIBRARIES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -273,7 +272,7 @@ def open_loggers(cfg: dict[str, Any] | None, run_dir: Path | None = None) -> Ite
 
 
 def _finalize(loggers: list[Logger], status: str, state: str, run_dir: Path | None) -> None:
-    from hydra_plugins.dbexp_optuna_sweeper.trial import trial_number
+    from dbexp.sweep_trial import trial_number
 
     in_sweep = trial_number() is not None
     for logger in loggers:

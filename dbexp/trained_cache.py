@@ -1,9 +1,9 @@
 """Trained weights by content: a run whose training-relevant config equals a finished run's reuses its
 weights and only samples and evaluates (a sweep trial that differs in guidance scale alone, say).
 
-The key hashes everything that changes the trained weights: the resolved config without the keys
-that only affect sampling, evaluation, logging and file places (:data:`NEUTRAL`), the base model's
-per-part content fingerprints, the pixels of the instance (and user class) photos, and dbexp's
+The key hashes everything that changes the trained weights: the resolved config reduced to what
+changes them (:func:`dbexp.config_roles.training_setting`), the base model's per-part content
+fingerprints, the pixels of the instance (and user class) photos, and dbexp's
 version. Training's randomness comes from per-sample generators seeded by ``seed``, so sample grids or
 in-training evaluations do not change the weights (tested).
 
@@ -22,48 +22,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from dbexp import __version__
 from dbexp.atomic_files import atomic_path
-from dbexp.encoding_cache import content_key, image_digest
+from dbexp.config_roles import training_setting
+from dbexp.fingerprint import fields_key, image_digest
 
 log = logging.getLogger(__name__)
 KIND = "trained"
+#: Hex characters of an entry's key (changing it renames every entry).
+KEY_LENGTH = 24
 WEIGHTS, MANIFEST = "weights.safetensors", "manifest.json"
-
-#: Config keys that do not change the trained weights (dotted; a group name covers all its keys).
-NEUTRAL = (
-    "task_name",
-    "ckpt_path",  # resuming ends bit-identical to an uninterrupted run (tested in test_checkpointing)
-    "optimized_metric",
-    "export_pipeline",
-    "reuse_trained",
-    "eval",
-    "paths",
-    "logger",
-    "hydra",
-    "data.num_workers",
-    "memory.gradient_checkpointing",  # recomputes the same activations
-    "memory.set_to_none",
-    "memory.offload_frozen",  # where frozen parts wait, not what they compute
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "trainer.profiler",
-)
-#: Callbacks that only watch (checkpoint files, progress bars, summaries); others (early stopping) count.
-WATCHING_CALLBACKS = (
-    "dbexp.checkpointing.StepCheckpoint",
-    "lightning.pytorch.callbacks.ModelCheckpoint",
-    "lightning.pytorch.callbacks.TQDMProgressBar",
-    "lightning.pytorch.callbacks.RichProgressBar",
-    "lightning.pytorch.callbacks.LearningRateMonitor",
-    "lightning.pytorch.callbacks.ModelSummary",
-    "lightning.pytorch.callbacks.RichModelSummary",
-)
 
 
 def enabled(cfg: DictConfig) -> bool:
@@ -76,33 +47,18 @@ def enabled(cfg: DictConfig) -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def training_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without the keys that cannot change the trained weights."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NEUTRAL:
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    tree["callbacks"] = {
-        name: c
-        for name, c in (tree.get("callbacks") or {}).items()
-        if isinstance(c, dict) and c.get("_target_") and c["_target_"] not in WATCHING_CALLBACKS
-    }
-    return tree
-
-
 def training_key(
     cfg: DictConfig, model_identity: dict[str, str], instance_images: list, class_photos: list | None
 ) -> str:
-    return content_key(
-        dbexp=__version__,
-        config=training_config(cfg),
-        model=model_identity,
-        instance_images=[image_digest(i) for i in instance_images],
-        class_photos=[image_digest(i) for i in class_photos or []],
+    return fields_key(
+        {
+            "dbexp": __version__,
+            "config": training_setting(cfg),
+            "model": model_identity,
+            "instance_images": [image_digest(i) for i in instance_images],
+            "class_photos": [image_digest(i) for i in class_photos or []],
+        },
+        length=KEY_LENGTH,
     )
 
 

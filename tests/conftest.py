@@ -18,8 +18,10 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-import dbexp.train  # noqa: F401, E402  (registers the schemas in Hydra's ConfigStore)
 from dbexp import CONF_DIR  # noqa: E402
+from dbexp.config import register_configs  # noqa: E402
+
+register_configs()
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from dbexp.bench import counted_flops, main
+from dbexp.bench import main
+from dbexp.bench_harness import counted_flops
 from tests.conftest import compose_train
 
 
@@ -70,7 +71,7 @@ def test_train_step_flops_count_the_passes_that_train(tmp_path):
     from dbexp.bench_train import step_flops
 
     full = compose_train(tmp_path, tmp_path / "cache", "model=sd15")
-    lora = compose_train(tmp_path, tmp_path / "cache", "model=sd15", "model.finetune=lora")
+    lora = compose_train(tmp_path, tmp_path / "cache", "model=sd15", "finetune.method=lora")
     unet = counted_flops(full.model, 512)["unet_forward"]
     assert step_flops(full) == pytest.approx(3 * unet * 2)  # forward + backward, instance + class sample
     assert step_flops(lora) == pytest.approx(2 * unet * 2)  # frozen weights: no weight gradients

@@ -1,6 +1,7 @@
 """``python -m dbexp.cache``: list, sizes, prune (by kind, key, age; dry run)."""
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def test_ls_and_du(filled, capsys):
     assert "models (2," in out and "latents (7," in out and "text (2," in out
     assert "SD-architecture model built from config" in out and "metric models built from config" in out
     assert "trained (1," in out and "4 steps, from " in out
+    assert re.search(r"\d\.\d [KMG]iB", out) and not re.search(r"\d [KMG]B\b", out)  # binary units, IEC names
     main(["--cache-dir", str(filled), "du"])
     total = sum(p.stat().st_size for p in filled.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
     listed = sum(e.size for e in entries(filled))

@@ -7,24 +7,40 @@ import pytest
 import torch
 
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from dbexp.dreambooth_module import DreamBoothModule
 from dbexp.errors import UserInputError
-from dbexp.train import run, save_config
+from dbexp.run import save_config
+from dbexp.train import run
 from tests.conftest import comparable
 
-CRASH = "+callbacks.crash={_target_: tests.helpers.CrashAtStep, step: 3}"
+
+def _crash_at(step: int):
+    """A kill at ``step`` (after its checkpoint callbacks ran): no config key changes, as with a real kill."""
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.trainer.global_step >= step:
+            raise RuntimeError(f"simulated crash at step {self.trainer.global_step}")
+
+    return on_train_batch_end
 
 
 def _final_unet(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg):
-    steps = ["trainer.max_steps=6", "model.train_text_encoder=true", "optimizer.lr=1e-3", "optimizer.scheduler=cosine"]
+def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg, monkeypatch):
+    steps = [
+        "trainer.max_steps=6",
+        "finetune.train_text_encoder=true",
+        "optimizer.lr=1e-3",
+        "optimizer.lr_schedule=cosine",
+    ]
     straight_cfg = make_cfg(*steps, name="2026-01-01_00-00-00")
     straight = run(straight_cfg)
 
-    crashed_cfg = make_cfg(*steps, CRASH, name="2026-01-02_00-00-00")
-    with pytest.raises(RuntimeError, match="simulated crash at step 3"):
+    crashed_cfg = make_cfg(*steps, name="2026-01-02_00-00-00")
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash at step 3"):
+        patch.setattr(DreamBoothModule, "on_train_batch_end", _crash_at(3), raising=False)
         run(crashed_cfg)
     crashed_dir = Path(crashed_cfg.paths.output_dir)
     assert torch.load(crashed_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
@@ -109,6 +125,6 @@ def test_a_checkpoint_of_another_setting_is_refused(make_cfg):
     first = make_cfg(name="2026-01-01_00-00-00")
     run(first)
     checkpoint = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
-    other = make_cfg("model.train_text_encoder=true", f"ckpt_path={checkpoint}", name="2026-01-02_00-00-00")
+    other = make_cfg("finetune.train_text_encoder=true", f"ckpt_path={checkpoint}", name="2026-01-02_00-00-00")
     with pytest.raises(UserInputError, match=r"lacks \d+ of this run's trained weights \(e.g. text_encoder\."):
         run(other)

@@ -98,7 +98,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, cache_dir, finetune):
         "dbexp.train",
         "trainer=ddp",
         "trainer.devices=2",
-        f"model.finetune={finetune}",
+        f"finetune.method={finetune}",
         f"paths.cache_dir={cache_dir}",
         *FAST,
         cwd=tmp_path,

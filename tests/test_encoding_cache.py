@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dbexp.encoding_cache import image_digest, latent_key
+from dbexp.encoding_cache import latent_key
+from dbexp.fingerprint import image_digest
 from dbexp.train import run
 
 
@@ -45,7 +46,7 @@ def test_caches_are_reused_not_recomputed(make_cfg, tmp_path):
 
 def test_caches_stay_off_where_they_would_be_wrong(make_cfg, tmp_path):
     cache = tmp_path / "cache"
-    run(make_cfg(f"paths.cache_dir={cache}", "data.center_crop=false", "model.train_text_encoder=true"))
+    run(make_cfg(f"paths.cache_dir={cache}", "data.center_crop=false", "finetune.train_text_encoder=true"))
     assert _entries(cache, "latents") == [] and _entries(cache, "text") == []
 
 

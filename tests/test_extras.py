@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from dbexp.errors import UserInputError
 from dbexp.extras import EXTRAS, require_for_url
-from dbexp.train import plan_run
+from dbexp.run import plan_run
 from tests.conftest import REPO, run_cli
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dbexp.errors import UserInputError
-from dbexp.train import plan_run
+from dbexp.run import plan_run
 
 
 def _photos(folder: Path, n: int = 3) -> Path:

@@ -129,7 +129,7 @@ def test_the_wheel_ships_the_configs_and_runs_from_an_unrelated_folder(tmp_path)
 
     wheel, venv = wheel_venv(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
-    assert "dbexp/conf/train.yaml" in names and "dbexp/conf/model/lora/toy.yaml" in names
+    assert "dbexp/conf/train.yaml" in names and "dbexp/conf/finetune/toy.yaml" in names
     assert "dbexp/sweeps/quick_cpu.yaml" in names and "dbexp/sweeps/hydra/launcher/slurm_one_gpu.yaml" in names
     assert "dbexp/assets/toy/model/unet/diffusion_pytorch_model.safetensors" in names
     assert "hydra_plugins/dbexp_optuna_sweeper/sweeper.py" in names

@@ -1,4 +1,4 @@
-"""LoRA (model.finetune=lora): adapters only are trained, checkpointed, cached and exported; the export
+"""LoRA (finetune.method=lora): adapters only are trained, checkpointed, cached and exported; the export
 loads with diffusers' load_lora_weights on the base model and draws what the trained module draws."""
 
 import json
@@ -12,9 +12,10 @@ from diffusers import StableDiffusionPipeline
 from dbexp.errors import UserInputError
 from dbexp.generate import load_pipeline
 from dbexp.model_loading import load_model
-from dbexp.train import make_module, plan_run, run
+from dbexp.run import make_module, plan_run
+from dbexp.train import run
 
-LORA = ["model.finetune=lora", "model.train_text_encoder=true", "model.lora.rank=2", "optimizer.lr=1e-2"]
+LORA = ["finetune.method=lora", "finetune.train_text_encoder=true", "finetune.lora.rank=2", "optimizer.lr=1e-2"]
 PROMPT = "a photo of sks dog"
 
 
@@ -23,7 +24,7 @@ def _draw(pipeline) -> np.ndarray:
     return pipeline(PROMPT, num_inference_steps=3, generator=generator, output_type="np").images
 
 
-CONVS = "model.lora.unet_target_modules=[to_q,to_k,to_v,to_out.0,conv1,conv2]"
+CONVS = "finetune.lora.unet_target_modules=[to_q,to_k,to_v,to_out.0,conv1,conv2]"
 
 
 def test_lora_on_convolutions_too_round_trips_through_load_lora_weights(make_cfg):
@@ -89,34 +90,34 @@ def test_lora_trains_checkpoints_and_exports_adapters_only(make_cfg):
 
 
 def test_lora_without_text_encoder_leaves_it_untouched(make_cfg):
-    cfg = make_cfg("model.finetune=lora", "model.lora.unet_target_modules=[to_q,to_v]")
+    cfg = make_cfg("finetune.method=lora", "finetune.lora.unet_target_modules=[to_q,to_v]")
     module = make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)
     trained = module.trained_keys()
     assert trained and all(k.startswith("unet.") and (".to_q." in k or ".to_v." in k) for k in trained)
     assert not any(p.requires_grad for p in module.text_encoder.parameters())
     rank = module.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.lora_A["default"].weight.shape[0]
-    assert rank == cfg.model.lora.rank == 4
+    assert rank == cfg.finetune.lora.rank == 4
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.finetune=qlora", "model.finetune=qlora: use one of full, lora"),
-        ("model.lora.rank=0", "model.lora.rank=0: must be >= 1"),
-        ("model.lora.dropout=1.0", "model.lora.dropout=1.0: must be in [0, 1)"),
+        ("finetune.method=qlora", "finetune.method=qlora: use one of full, lora"),
+        ("finetune.lora.rank=0", "finetune.lora.rank=0: must be >= 1"),
+        ("finetune.lora.dropout=1.0", "finetune.lora.dropout=1.0: must be in [0, 1)"),
     ],
 )
 def test_bad_lora_settings_are_one_line_errors(make_cfg, override, message):
     with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        plan_run(make_cfg("model.finetune=lora", override))
+        plan_run(make_cfg("finetune.method=lora", override))
 
 
 def test_unknown_lora_target_modules_name_the_key_before_class_images(make_cfg):
-    cfg = make_cfg("model.finetune=lora", "model.lora.unet_target_modules=[to_q,to_qq]")
+    cfg = make_cfg("finetune.method=lora", "finetune.lora.unet_target_modules=[to_q,to_qq]")
     with pytest.raises(
-        UserInputError, match=r"model.lora.unet_target_modules=\['to_q', 'to_qq'\]: no layer named to_qq"
+        UserInputError, match=r"finetune.lora.unet_target_modules=\['to_q', 'to_qq'\]: no layer named to_qq"
     ):
         run(cfg)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
-    with pytest.raises(UserInputError, match=r"model.lora.unet_target_modules=\['to_q', 'to_qq'\]"):
+    with pytest.raises(UserInputError, match=r"finetune.lora.unet_target_modules=\['to_q', 'to_qq'\]"):
         make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)

@@ -9,7 +9,8 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from dbexp.errors import UserInputError
 from dbexp.model_loading import load_model
-from dbexp.train import make_module, plan_run, run
+from dbexp.run import make_module, plan_run
+from dbexp.train import run
 from tests.conftest import compose_train
 
 
@@ -37,7 +38,7 @@ def test_the_tiers_build_on_each_other(tmp_path):
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_the_16gb_tier_trains_with_8bit_adamw_and_checkpointing(make_cfg, finetune):
     """bf16 autocast + activation checkpointing + bitsandbytes' 8-bit AdamW, end to end (on CPU here)."""
-    cfg = make_cfg("memory=16gb", f"model.finetune={finetune}", "model.train_text_encoder=true", "eval.final=false")
+    cfg = make_cfg("memory=16gb", f"finetune.method={finetune}", "finetune.train_text_encoder=true", "eval.final=false")
     metrics = run(cfg)
     assert metrics["step"] == 4 and torch.isfinite(torch.tensor(metrics["train/loss"]))
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
@@ -68,11 +69,11 @@ def test_memory_settings_reach_the_model(make_cfg):
         cfg = make_cfg(*overrides)
         return make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)
 
-    plain = module("model.train_text_encoder=true")
+    plain = module("finetune.train_text_encoder=true")
     assert not plain.unet.is_gradient_checkpointing
     assert all(isinstance(p, AttnProcessor2_0) for p in plain.unet.attn_processors.values())
 
-    saving = module("model.train_text_encoder=true", "memory.gradient_checkpointing=true", "memory.attention=eager")
+    saving = module("finetune.train_text_encoder=true", "memory.gradient_checkpointing=true", "memory.attention=eager")
     assert saving.unet.is_gradient_checkpointing and saving.text_encoder.is_gradient_checkpointing
     assert all(isinstance(p, AttnProcessor) for p in saving.unet.attn_processors.values())
     assert saving.text_encoder.config._attn_implementation == "eager"

@@ -60,7 +60,7 @@ def test_dreambench_prompt_sets_substitute_token_and_class():
 def test_metric_models_load_offline_and_embed(tmp_path):
     from PIL import Image
 
-    from dbexp.evaluation import EvalConfig
+    from dbexp.eval_protocol import EvalConfig
     from dbexp.metric_models import load_metric_models
 
     models = load_metric_models("tiny", EvalConfig(), tmp_path)
@@ -74,7 +74,7 @@ def test_metric_models_load_offline_and_embed(tmp_path):
 
 def test_missing_metric_weights_are_one_clear_line(tmp_path):
     from dbexp.errors import UserInputError
-    from dbexp.evaluation import EvalConfig
+    from dbexp.eval_protocol import EvalConfig
     from dbexp.metric_models import load_metric_models
 
     with pytest.raises(UserInputError, match=r"eval.dino_model=\./nowhere/dino: folder does not exist"):

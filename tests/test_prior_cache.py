@@ -74,7 +74,7 @@ CHANGES = {
         res,
     ),
     "steps": lambda cfg, parts, prompt, res: (dataclasses.replace(cfg, num_inference_steps=3), parts, prompt, res),
-    "scheduler": lambda cfg, parts, prompt, res: (dataclasses.replace(cfg, scheduler="ddim"), parts, prompt, res),
+    "scheduler": lambda cfg, parts, prompt, res: (dataclasses.replace(cfg, sampler="ddim"), parts, prompt, res),
     "guidance": lambda cfg, parts, prompt, res: (dataclasses.replace(cfg, guidance_scale=5.0), parts, prompt, res),
     "resolution": lambda cfg, parts, prompt, res: (cfg, parts, prompt, 64),
     "seed": lambda cfg, parts, prompt, res: (dataclasses.replace(cfg, seed=1), parts, prompt, res),
@@ -172,7 +172,7 @@ def test_a_user_class_folder_is_read_and_never_written(make_cfg, tmp_path):
 
 def test_a_bad_file_in_the_class_folder_is_named(make_cfg, tmp_path):
     from dbexp.errors import UserInputError
-    from dbexp.train import plan_run
+    from dbexp.run import plan_run
 
     photos = tmp_path / "classes"
     photos.mkdir()

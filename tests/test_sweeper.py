@@ -195,7 +195,7 @@ def test_the_quick_cpu_preset_runs_with_lora_unchanged(tmp_path, cache_dir):
         "--multirun",
         "--config-name",
         "quick_cpu",  # the shipped presets are on the search path (hydra_plugins/dbexp_sweeps)
-        "model.finetune=lora",  # a LoRA sweep is the same sweep with one more override
+        "finetune.method=lora",  # a LoRA sweep is the same sweep with one more override
         "hydra.sweeper.n_trials=2",
         "trainer.max_steps=4",
         "callbacks.progress_bar=null",
@@ -268,7 +268,7 @@ def test_two_workers_on_one_storage_share_the_study(tmp_path, cache_dir, kind):
         )
     outputs = [w.communicate(timeout=600) for w in workers]
     assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
-    from hydra_plugins.dbexp_optuna_sweeper.sweeper import open_storage
+    from dbexp.sweep_trial import open_storage
 
     trials = optuna.load_study(study_name="shared", storage=open_storage(storage)).trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -413,7 +413,7 @@ PRESETS = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 def test_every_preset_composes_and_its_search_space_parses(preset):
     from hydra import compose, initialize_config_dir
 
-    from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper, check_directions
     from tests.conftest import CONF
 
     with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
@@ -431,6 +431,7 @@ def test_every_preset_composes_and_its_search_space_parses(preset):
     assert (len(cfg.optimized_metric) if not isinstance(cfg.optimized_metric, str) else 1) == (
         1 if isinstance(directions, str) else len(directions)
     )
+    check_directions(cfg.optimized_metric, [directions] if isinstance(directions, str) else directions)
     assert with_slurm.hydra.launcher.gpus_per_node == 1
     assert with_slurm.hydra.launcher._target_.endswith("SlurmLauncher")
 

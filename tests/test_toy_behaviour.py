@@ -1,5 +1,5 @@
 """DreamBooth's effects, measured in the toy world: the default run (toy model, a toy subject, real
-training, real losses) judged by the oracle. Margins were chosen from measurement (README, "The toy
+training, real losses) judged by the oracle. Margins were chosen from measurement (docs/toy-world.md, "The toy
 world"); a loss with the prior term dropped fails (b), one that learns nothing fails (a) and (d).
 
 (a) fine-tuning raises subject fidelity well above the base model's;

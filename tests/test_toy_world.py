@@ -119,7 +119,7 @@ def test_toy_subjects_are_dreambench_style_folders_the_oracle_recognises(tmp_pat
 
 
 def test_judge_scores_rendered_scenes_exactly():
-    from dbexp.evaluation import EvalPrompts
+    from dbexp.eval_protocol import EvalPrompts
     from dbexp.toy.judge import ToyJudge
     from dbexp.toy.world import Scene
 
@@ -137,6 +137,10 @@ def test_judge_scores_rendered_scenes_exactly():
     assert values["pres"] == 0.5  # one class picture carries the subject's pattern
     assert values["div"] < 1e-6  # identical pictures per prompt
     assert [r["subject_fidelity"] for r in rows] == [1.0, 0.0] and reference["real/subject_fidelity"] == 1.0
+    from dbexp import metric_suites
+
+    assert tuple(values) == metric_suites.get("toy").metric_names  # it scores what the registry declares
+    assert isinstance(metric_suites.get("toy").load(None, "."), ToyJudge)
 
 
 def test_pretraining_writes_a_model_the_sd_loader_reads(tmp_path):

@@ -14,7 +14,8 @@ from dbexp.datamodule import DreamBoothDataModule, load_subject_images, resolve_
 from dbexp.dreambooth_module import DreamBoothModule
 from dbexp.errors import UserInputError
 from dbexp.model_loading import load_model
-from dbexp.train import plan_run, run
+from dbexp.run import plan_run
+from dbexp.train import run
 from tests.conftest import comparable
 
 
@@ -73,7 +74,7 @@ def test_run_without_prior(make_cfg):
 
 
 def test_text_encoder_training_has_its_own_learning_rate(make_cfg):
-    cfg = make_cfg("model.train_text_encoder=true", "optimizer.lr=1e-4", "optimizer.text_encoder_lr=3e-4")
+    cfg = make_cfg("finetune.train_text_encoder=true", "optimizer.lr=1e-4", "optimizer.text_encoder_lr=3e-4")
     metrics = run(cfg)
     assert metrics["train/lr"] == pytest.approx(1e-4)
     assert metrics["train/lr_text_encoder"] == pytest.approx(3e-4)
@@ -88,9 +89,9 @@ def test_only_trained_parts_reach_the_optimizer(make_cfg):
     cfg = make_cfg()
     plan = plan_run(cfg)
     for train_te in (False, True):
-        cfg.model.train_text_encoder = train_te
+        cfg.finetune.train_text_encoder = train_te
         parts = _base(cfg)
-        module = DreamBoothModule(parts, cfg.model, cfg.optimizer, plan.instance_prompt, plan.class_prompt, 1.0, 0)
+        module = DreamBoothModule(parts, cfg.finetune, cfg.optimizer, plan.instance_prompt, plan.class_prompt, 1.0, 0)
         module.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)
         optimizer = module.configure_optimizers()["optimizer"]
         optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -110,7 +111,7 @@ def test_training_step_targets_follow_the_prediction_type(make_cfg, prediction_t
     cfg = make_cfg(f"model.prediction_type={prediction_type}", "prior=none")
     plan = plan_run(cfg)
     parts = _base(cfg)
-    module = DreamBoothModule(parts, cfg.model, cfg.optimizer, plan.instance_prompt, None, 0.0, cfg.seed)
+    module = DreamBoothModule(parts, cfg.finetune, cfg.optimizer, plan.instance_prompt, None, 0.0, cfg.seed)
     module.train()
     images = load_subject_images(resolve_subject(cfg.data))
     data = DreamBoothDataModule(cfg.data, images, None, seed=cfg.seed)
@@ -137,12 +138,12 @@ def test_v_prediction_run_exports_its_prediction_type(make_cfg):
 def test_min_snr_noise_offset_checkpointing_accumulation_and_sgd(make_cfg):
     metrics = run(
         make_cfg(
-            "model.min_snr_gamma=5.0",
-            "model.noise_offset=0.05",
+            "finetune.min_snr_gamma=5.0",
+            "finetune.noise_offset=0.05",
             "memory.gradient_checkpointing=true",
             "trainer.accumulate_grad_batches=2",
             "optimizer=sgd",
-            "optimizer.scheduler=cosine",
+            "optimizer.lr_schedule=cosine",
             "optimizer.warmup_steps=2",
             "data.random_flip=true",
             "data.center_crop=false",
@@ -191,7 +192,7 @@ def test_samples_go_to_every_logger_that_shows_images(make_cfg):
 
 
 def test_the_objective_is_the_optimized_metric_or_a_clear_error():
-    from dbexp.train import objective
+    from dbexp.run import objective
 
     assert objective({"train/loss": 0.5, "step": 4}, "train/loss") == 0.5
     with pytest.raises(UserInputError, match=r"optimized_metric=eval/dino: not in the run's metrics; available: step"):

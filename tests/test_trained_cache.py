@@ -6,12 +6,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from dbexp.config_roles import training_setting
 from dbexp.train import run
-from dbexp.trained_cache import training_config
 
 
 def test_the_key_ignores_sampling_evaluation_logging_and_places(make_cfg):
-    base = training_config(make_cfg())
+    base = training_setting(make_cfg())
     same = [
         ("eval.guidance_scale=3", "eval.num_inference_steps=9", "eval.metrics=none"),
         ("logger=none", "task_name=other", "optimized_metric=eval/score", "export_pipeline=false"),
@@ -22,9 +22,9 @@ def test_the_key_ignores_sampling_evaluation_logging_and_places(make_cfg):
         ),
     ]
     for overrides in same:
-        assert training_config(make_cfg(*overrides, name="elsewhere")) == base, overrides
+        assert training_setting(make_cfg(*overrides, name="elsewhere")) == base, overrides
     for changed in ("optimizer.lr=1e-3", "prior.weight=0.5", "seed=1", "trainer.max_steps=5", "data.random_flip=true"):
-        assert training_config(make_cfg(changed)) != base, changed
+        assert training_setting(make_cfg(changed)) != base, changed
 
 
 def _unet(folder: Path) -> dict[str, torch.Tensor]:

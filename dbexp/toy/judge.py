@@ -7,8 +7,9 @@
 - DIV: 1 − mean cosine similarity of the oracle's features between pictures of one prompt (as
   DreamBench's DIV with DINO features).
 
-:class:`ToyJudge` is the ``toy`` metric suite (``eval.metrics=toy``, the toy model's own): it scores
-like :class:`dbexp.metric_models.MetricModels` and needs nothing but the shipped oracle.
+:class:`ToyJudge` is the ``toy`` metric suite (``eval.metrics=toy``, the toy model's own; declared in
+``dbexp.metric_suites``, loaded by :func:`load_judge`): it scores like
+:class:`dbexp.metric_models.MetricModels` and needs nothing but the shipped oracle.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from dbexp.toy.world import parse_caption
 ASSETS = asset("toy")
 #: What makes a picture the subject: the attributes a subject keeps in every photo.
 SUBJECT_ATTRIBUTES = ("shape", "color", "pattern")
-#: What the toy suite measures (``eval/<name>``).
-TOY_METRICS = ("subject_fidelity", "prompt_fidelity", "pres", "div")
 
 
 def oracle_folder() -> Path:
@@ -136,3 +135,13 @@ class ToyJudge:
                 }
             )
         return values, rows, {"real/subject_fidelity": subject_fidelity(real, who)}
+
+
+def load_judge(eval_cfg, cache_dir, device=None) -> ToyJudge:
+    """The ``toy`` suite's models (``dbexp.metric_suites``): the shipped oracle, on the CPU."""
+    return ToyJudge()
+
+
+def judge_folders(eval_cfg, cache_dir) -> tuple[Path]:
+    """Where the toy suite's weights lie (one line when the shipped oracle is missing)."""
+    return (oracle_folder(),)

@@ -35,9 +35,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from dbexp import metric_suites
 from dbexp.errors import UserInputError, stop
 from dbexp.extras import require, require_for_url
-from hydra_plugins.dbexp_optuna_sweeper import trial as job_trial
+from dbexp.sweep_trial import job_overrides, open_storage, register_in_process
 
 log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"
@@ -79,26 +80,6 @@ def grid_values(dist: BaseDistribution) -> list[Any]:
     raise ValueError("the grid sampler needs choice(...) or range(...) parameters, not intervals")
 
 
-def open_storage(storage: Any) -> Any:
-    """``None`` (in memory), ``journal:<file>`` (Optuna's journal file), or a database URL."""
-    if storage is None:
-        return None
-    url = str(storage)
-    require_for_url(url, "hydra.sweeper.storage")
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url.removeprefix("journal:")).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        # Workers on one machine share the file: wait for a writer's lock instead of failing at once.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
-    return optuna.storages.RDBStorage(url)
-
-
 def setup_lock(storage: Any) -> Any:
     """A file lock around creating a sqlite storage and its study: two workers starting together would
     otherwise both create the schema (Optuna's RDB set-up is not safe against that)."""
@@ -108,6 +89,36 @@ def setup_lock(storage: Any) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(f"{path}.lock")
     return contextlib.nullcontext()
+
+
+def check_directions(optimized_metric: Any, directions: Sequence[str]) -> None:
+    """``hydra.sweeper.direction`` must agree with the metric suites on the objective (``optimized_metric``,
+    one name or a list): a sweep that maximizes PRES or minimizes eval/score stops before any trial.
+    Names no suite declares (another app's metrics), a missing objective, or a count that differs
+    from the directions' are left as they are."""
+    if optimized_metric is None:
+        return
+    several = isinstance(optimized_metric, Sequence | ListConfig) and not isinstance(optimized_metric, str)
+    names = [str(m) for m in optimized_metric] if several else [str(optimized_metric)]
+    given = [str(d).lower().removeprefix("studydirection.") for d in directions]
+    if len(names) != len(given):
+        return
+    right = [metric_suites.direction(n) or d for n, d in zip(names, given, strict=True)]
+    if right == given:
+        return
+    wrong = [
+        f"{n}: {'higher' if r == 'maximize' else 'lower'} is better"
+        for n, d, r in zip(names, given, right, strict=True)
+        if r != d
+    ]
+
+    def shown(values: list[str]) -> str:
+        return values[0] if len(values) == 1 else f"[{','.join(values)}]"
+
+    raise UserInputError(
+        f"hydra.sweeper.direction={shown(given)} contradicts optimized_metric={shown(names)} "
+        f"({'; '.join(wrong)}): set hydra.sweeper.direction={shown(right)}"
+    )
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -152,6 +163,8 @@ class DbexpOptunaSweeper(Sweeper):
         self.config, self.hydra_context = config, hydra_context
         try:
             self.check_extras(config)
+            objective = OmegaConf.select(config, "optimized_metric", default=None, throw_on_resolution_failure=False)
+            check_directions(objective, self.directions)
         except UserInputError as err:  # before the launcher, the study and any trial
             stop(err)
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -197,6 +210,7 @@ class DbexpOptunaSweeper(Sweeper):
         given = {k: v for k, v in OmegaConf.to_container(self.sampler_cfg).items() if v is not None}
         if given["_target_"].endswith("GridSampler"):
             given["search_space"] = {name: grid_values(dist) for name, dist in space.items()}
+            given["_target_"] = f"{__name__}.SweepGridSampler"
         return instantiate(given)
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -205,7 +219,9 @@ class DbexpOptunaSweeper(Sweeper):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does
         with setup_lock(self.storage):
-            self.opened_storage = open_storage(self.storage)
+            self.in_memory = self.storage is None
+            # A study in memory gets its storage made here, so in-process jobs can reach it by name.
+            self.opened_storage = optuna.storages.InMemoryStorage() if self.in_memory else open_storage(self.storage)
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=self.opened_storage,
@@ -214,8 +230,8 @@ class DbexpOptunaSweeper(Sweeper):
                 directions=self.directions,
                 load_if_exists=True,
             )
-        if self.opened_storage is None:
-            job_trial._in_memory[study.study_name] = study  # noqa: SLF001 — reachable by in-process jobs
+        if self.in_memory:
+            register_in_process(study.study_name, self.opened_storage)
         self.fail_stale_trials(study)
         log.info(
             "study %s: %d of %d trials done, storage %s",
@@ -230,7 +246,7 @@ class DbexpOptunaSweeper(Sweeper):
             trials = study.get_trials(deepcopy=False)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             remaining = self.n_trials - sum(counted(t) for t in trials) - running
-            if remaining <= 0 and running and self.opened_storage is not None:
+            if remaining <= 0 and running and not self.in_memory:
                 # Running elsewhere: alive workers finish them; a dead worker's trials go stale within
                 # grace_period and their slots come back here.
                 waited_since = waited_since or time.monotonic()
@@ -251,7 +267,7 @@ class DbexpOptunaSweeper(Sweeper):
                 if custom is not None:
                     custom(self.config, trial)
                 overrides = [*fixed, *(f"{name}={_override_value(v)}" for name, v in trial.params.items())]
-                overrides += job_trial.job_overrides(study.study_name, trial.number)
+                overrides += job_overrides(study.study_name, trial.number)
                 if self.subdir_by_trial:
                     overrides.append(f"hydra.sweep.subdir={trial.number}")
                 batch.append((trial, tuple(overrides)))
@@ -267,7 +283,7 @@ class DbexpOptunaSweeper(Sweeper):
 
     # --- workers that die ---------------------------------------------------------------------------
     def beat(self, trials: list[optuna.Trial]) -> None:
-        if self.opened_storage is None:
+        if self.in_memory:
             return
         now = time.time()
         for trial in trials:
@@ -296,7 +312,7 @@ class DbexpOptunaSweeper(Sweeper):
 
     def fail_stale_trials(self, study: optuna.Study) -> None:
         """RUNNING trials whose heartbeat is older than ``grace_period``: FAIL, abandoned (their slots are retried)."""
-        if self.opened_storage is None:
+        if self.in_memory:
             return
         storage, now = self.opened_storage, time.time()
         study_id = storage.get_study_id_from_name(study.study_name)
@@ -321,7 +337,7 @@ class DbexpOptunaSweeper(Sweeper):
         if trial.number not in live[: self.n_trials]:
             trial.set_user_attr("abandoned", True)
             trial.set_user_attr("fail_reason", "another worker took the last slot of n_trials")
-            _tell(study, trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             return True
         return False
 
@@ -334,14 +350,14 @@ class DbexpOptunaSweeper(Sweeper):
             if any(math.isnan(v) for v in values):
                 raise ValueError("the objective is NaN")
         except optuna.TrialPruned:
-            _tell(study, trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED)
             return
         except Exception as err:  # a failed trial is recorded; the sweep goes on
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:2000])
-            _tell(study, trial, state=TrialState.FAIL)
+            study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
             return
-        _tell(study, trial, values if len(values) > 1 else values[0])
+        study.tell(trial, values if len(values) > 1 else values[0])
 
     def check_failure_rate(self, study: optuna.Study) -> None:
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
@@ -377,15 +393,12 @@ class DbexpOptunaSweeper(Sweeper):
         log.info("sweep results: %s", self.sweep_dir / RESULTS)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, *args: Any, **kwargs: Any) -> None:
-    """``study.tell`` as if inside ``study.optimize``: the grid sampler calls ``study.stop()`` once its grid
-    is used up, which Optuna only allows there (outside, it raises before the result is stored)."""
-    local = study._thread_local
-    local.in_optimize_loop = True
-    try:
-        study.tell(trial, *args, **kwargs)
-    finally:
-        local.in_optimize_loop = False
+class SweepGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its ``study.stop()`` once the grid is used up: Optuna allows that call
+    only inside ``study.optimize``, and this sweeper's own loop (``n_trials``) decides when to stop."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 def _override_value(value: Any) -> str:

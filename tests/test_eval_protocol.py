@@ -7,14 +7,36 @@ from pathlib import Path
 
 import pytest
 
-from dbexp.evaluation import EvalConfig, eval_prompts, evaluate
+from dbexp.eval_protocol import EvalConfig, eval_prompts, evaluate
 from dbexp.metric_models import load_metric_models
 from dbexp.model_loading import load_model
+from dbexp.run import objective
 from dbexp.sampling import build_pipeline
-from dbexp.train import objective, run
+from dbexp.train import run
 from tests.conftest import compose_train, run_cli
 
 KEYS = {f"eval/{k}" for k in ("dino", "clip_i", "clip_t", "pres", "div", "score")} | {"real/dino", "real/clip_i"}
+
+
+def test_evaluation_reads_the_metric_suites():
+    from dbexp import metric_suites
+    from dbexp.errors import UserInputError
+    from dbexp.eval_protocol import check_eval_config, check_score, eval_metric_names, metric_suite, score_weights
+
+    cfg = EvalConfig()
+    for suite in metric_suites.suites():
+        expected = [f"eval/{m}" for m in suite.metric_names] + ["eval/score"] if suite.metrics else []
+        assert eval_metric_names(cfg, suite.name) == expected
+        assert score_weights(cfg, suite.name) == dict(suite.default_score)
+        check_score(cfg, suite.name)
+        check_eval_config(EvalConfig(metrics=suite.name))
+    assert metric_suite(cfg, "toy") == "toy" and metric_suite(EvalConfig(metrics="tiny"), "toy") == "tiny"
+    with pytest.raises(UserInputError, match="model.eval_metrics=nope: not a metric suite"):
+        metric_suite(cfg, "nope")
+    with pytest.raises(UserInputError, match=r"not measured by the dreambench suite; weights apply to dino, clip_i"):
+        check_score(EvalConfig(score={"subject_fidelity": 1.0}), "dreambench")
+    with pytest.raises(UserInputError, match="eval.metrics=dino: use auto"):
+        check_eval_config(EvalConfig(metrics="dino"))
 
 
 def test_final_evaluation_writes_the_metrics_json_schema(make_cfg):
@@ -90,6 +112,9 @@ def test_pres_uses_the_bare_class_prompt_and_seeds_are_fixed(tmp_path, cache_dir
     again = evaluate(pipeline, models, real, prompts, cfg, 7.5, 32)
     assert again.metrics == first.metrics  # same prompts, same seeds, same numbers
     assert len(first.rows) == 2 and first.metrics["eval/pres"] == pytest.approx(first.metrics["eval/pres"])
+    from dbexp.eval_protocol import eval_metric_names
+
+    assert sorted(k for k in first.metrics if k.startswith("eval/")) == sorted(eval_metric_names(cfg, "tiny"))
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
 """Owner of ``conf/eval``: what the model is asked to draw while and after it trains, and how it scores.
+The library behind both the run's evaluation and ``python -m dbexp.evaluate`` (the command).
 
 * Sample grids (rows = prompts, columns = seeds) every N steps and at the end.
 * The DreamBooth protocol (DINO, CLIP-I, CLIP-T, PRES, DIV; ``dbexp.metrics``): a fast subset every
@@ -13,69 +14,27 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from PIL import Image
 
+from dbexp import metric_suites
+from dbexp.config import EvalConfig
 from dbexp.datamodule import sample_seed
 from dbexp.dreambench import prompt_set_for, read_prompt_templates
 from dbexp.errors import UserInputError
-from dbexp.metric_models import DREAMBENCH_METRICS, MetricModels
+from dbexp.metric_models import MetricModels
 from dbexp.sampling import check_sampler, generate, make_grid
-from dbexp.toy.judge import TOY_METRICS
 from dbexp.tracking import log_image
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalConfig:
-    """Schema of ``conf/eval/*.yaml``."""
-
-    prompts: list[str] = field(default_factory=lambda: ["a photo of {token} {class_noun}"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    guidance_scale: float = 7.5
-    num_inference_steps: int = 25
-    negative_prompt: str = ""
-    scheduler: str | None = None
-    every_n_steps: int = 100
-    at_start: bool = True
-    baseline: bool = False
-    batch_size: int = 8
-    metrics: str = "auto"
-    dino_model: str = "facebook/dino-vits16"
-    dino_revision: str | None = "refs/pr/1"
-    clip_model: str = "openai/clip-vit-large-patch14"
-    clip_revision: str | None = None
-    prompt_set: str = "auto"
-    custom_prompts: list[str] = field(default_factory=list)
-    num_prompts: int | None = None
-    images_per_prompt: int = 4
-    pres_images: int = 8
-    class_prompt: str = "a {class_noun}"
-    guidance_scales: list[float] = field(default_factory=lambda: [7.5])
-    seed: int = 0
-    final: bool = True
-    metrics_every_n_steps: int = 0
-    subset_prompts: int = 4
-    subset_images_per_prompt: int = 2
-    score: dict[str, float] | None = None  # None: the suite's own (SUITE_SCORE)
-
-
-METRIC_SUITES = ("dreambench", "tiny", "toy", "none")
 PROMPT_SETS = ("auto", "object", "live", "custom")
-#: What each suite measures (``eval/<name>``; ``eval.score`` weighs them).
-SUITE_METRICS = {"dreambench": DREAMBENCH_METRICS, "tiny": DREAMBENCH_METRICS, "toy": TOY_METRICS, "none": ()}
-#: ``eval/score`` when ``eval.score`` is null: subject fidelity + prompt fidelity, as each suite measures them.
-SUITE_SCORE = {
-    "dreambench": {"dino": 1.0, "clip_t": 1.0},
-    "tiny": {"dino": 1.0, "clip_t": 1.0},
-    "toy": {"subject_fidelity": 1.0, "prompt_fidelity": 1.0},
-    "none": {},
-}
+# The metric suites (what each measures, its default eval/score, its models): dbexp.metric_suites.
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
@@ -87,9 +46,11 @@ def check_eval_config(cfg: EvalConfig) -> None:
         raise UserInputError(f"eval.every_n_steps={cfg.every_n_steps}: must be >= 0 (0: only at the end)")
     if cfg.batch_size < 1:
         raise UserInputError(f"eval.batch_size={cfg.batch_size}: must be >= 1")
-    check_sampler(cfg.scheduler, "eval.scheduler")
-    if cfg.metrics not in (*METRIC_SUITES, "auto"):
-        raise UserInputError(f"eval.metrics={cfg.metrics}: use auto (the model's suite), {', '.join(METRIC_SUITES)}")
+    check_sampler(cfg.sampler, "eval.sampler")
+    if cfg.metrics not in (*metric_suites.names(), "auto"):
+        raise UserInputError(
+            f"eval.metrics={cfg.metrics}: use auto (the model's suite), {', '.join(metric_suites.names())}"
+        )
     if cfg.prompt_set not in PROMPT_SETS:
         raise UserInputError(f"eval.prompt_set={cfg.prompt_set}: use one of {', '.join(PROMPT_SETS)}")
     if cfg.prompt_set == "custom" and not cfg.custom_prompts:
@@ -104,29 +65,35 @@ def check_eval_config(cfg: EvalConfig) -> None:
 
 def score_weights(cfg: EvalConfig, suite: str) -> dict[str, float]:
     """``eval.score``, or the suite's own weights when it is null."""
-    return dict(cfg.score) if cfg.score is not None else SUITE_SCORE[suite]
+    return dict(cfg.score) if cfg.score is not None else dict(metric_suites.get(suite).default_score)
 
 
 def check_score(cfg: EvalConfig, suite: str) -> None:
     """``eval.score`` may weigh only what the run's metric suite measures."""
-    unknown = set(score_weights(cfg, suite)) - set(SUITE_METRICS[suite])
-    if unknown and suite != "none":
+    measured = metric_suites.get(suite).metric_names
+    unknown = set(score_weights(cfg, suite)) - set(measured)
+    if unknown and measured:  # a suite that measures nothing (none) has no eval/score to weigh
         raise UserInputError(
             f"eval.score: {sorted(unknown)} not measured by the {suite} suite; "
-            f"weights apply to {', '.join(SUITE_METRICS[suite])} (eval=toy for the toy model)"
+            f"weights apply to {', '.join(measured)} (eval=toy for the toy model)"
         )
 
 
 def metric_suite(cfg: EvalConfig, model_suite: str) -> str:
     """``eval.metrics``, with ``auto`` meaning the suite that suits the model (``model.eval_metrics``)."""
-    return model_suite if cfg.metrics == "auto" else cfg.metrics
+    suite = model_suite if cfg.metrics == "auto" else cfg.metrics
+    if suite not in metric_suites.names():
+        key = "model.eval_metrics" if cfg.metrics == "auto" else "eval.metrics"
+        raise UserInputError(f"{key}={suite}: not a metric suite; use {', '.join(metric_suites.names())}")
+    return suite
 
 
 def eval_metric_names(cfg: EvalConfig, suite: str) -> list[str]:
     """What evaluation adds to a run's metrics (``optimized_metric`` may name any of them)."""
-    if suite == "none" or not (cfg.final or cfg.metrics_every_n_steps):
+    measured = metric_suites.get(suite).metric_names
+    if not measured or not (cfg.final or cfg.metrics_every_n_steps):
         return []
-    return [f"eval/{name}" for name in (*SUITE_METRICS[suite], "score")]
+    return [f"eval/{name}" for name in (*measured, metric_suites.SCORE.name)]
 
 
 @dataclass
@@ -186,8 +153,10 @@ def evaluate(
     started = time.perf_counter()
     k = min(num_prompts or len(prompts.prompts), len(prompts.prompts))
     n = images_per_prompt or cfg.images_per_prompt
-    jobs = [(p, prompts.prompts[p], eval_seed(cfg.seed, p, i)) for p in range(k) for i in range(n)]
-    jobs += [(PRES_STREAM, prompts.class_prompt, eval_seed(cfg.seed, PRES_STREAM, i)) for i in range(cfg.pres_images)]
+    jobs = [(p, prompts.prompts[p], eval_seed(cfg.metric_seed, p, i)) for p in range(k) for i in range(n)]
+    jobs += [
+        (PRES_STREAM, prompts.class_prompt, eval_seed(cfg.metric_seed, PRES_STREAM, i)) for i in range(cfg.pres_images)
+    ]
     images = generate(
         pipeline,
         [text for _, text, _ in jobs],
@@ -297,7 +266,7 @@ class EvalMetricsCallback(L.Callback):
         if not every or step % every or step == self._last_step or not trainer.is_global_zero:
             return  # (with gradient accumulation, several micro-batches end at the same step)
         self._last_step = step
-        with pl_module.sampling(self.cfg.scheduler) as pipeline, trainer.precision_plugin.forward_context():
+        with pl_module.sampling(self.cfg.sampler) as pipeline, trainer.precision_plugin.forward_context():
             result = evaluate(
                 pipeline,
                 self.load_models(pl_module.device),
@@ -365,7 +334,7 @@ class SampleGridCallback(L.Callback):
             return None
         prompts = [p for p in self.prompts for _ in self.cfg.seeds]
         seeds = [s for _ in self.prompts for s in self.cfg.seeds]
-        with pl_module.sampling(self.cfg.scheduler) as pipeline, trainer.precision_plugin.forward_context():
+        with pl_module.sampling(self.cfg.sampler) as pipeline, trainer.precision_plugin.forward_context():
             images = generate(
                 pipeline,
                 prompts,

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning (``model.finetune=lora``, schema :class:`LoraSettings` under ``model.lora``).
+"""Owner of ``conf/finetune``: how the base weights train — all of them (``full``) or LoRA adapters
+(``lora``), with or without the text encoder, and the loss options min-SNR-γ and offset noise.
 
 Adapters come from peft through the diffusers and transformers integrations (``add_adapter``), as in
 diffusers' DreamBooth LoRA example: the base weights stay frozen, only the low-rank matrices train.
@@ -10,66 +11,67 @@ The export is diffusers' LoRA format (``pytorch_lora_weights.safetensors``, writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from dbexp.config import FinetuneConfig
 from dbexp.errors import UserInputError
 
-FINETUNE_MODES = ("full", "lora")
+METHODS = ("full", "lora")
 #: The file ``save_lora_weights`` writes (diffusers' LoRA format).
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
-@dataclass
-class LoraSettings:
-    """Schema of ``model.lora`` (used with ``model.finetune=lora``)."""
-
-    rank: int = 4
-    alpha: float | None = None  # null: = rank (scale 1)
-    dropout: float = 0.0
-    unet_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    text_encoder_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
-
-
-def check_lora_settings(finetune: str, lora: LoraSettings) -> None:
-    if finetune not in FINETUNE_MODES:
-        raise UserInputError(f"model.finetune={finetune}: use one of {', '.join(FINETUNE_MODES)}")
-    if finetune != "lora":
+def check_finetune_config(cfg: FinetuneConfig) -> None:
+    """Config errors found before anything loads."""
+    if cfg.method not in METHODS:
+        raise UserInputError(f"finetune.method={cfg.method}: use one of {', '.join(METHODS)} (or finetune=lora)")
+    if cfg.min_snr_gamma is not None and cfg.min_snr_gamma <= 0:
+        raise UserInputError(f"finetune.min_snr_gamma={cfg.min_snr_gamma}: must be > 0 (or null to disable)")
+    if cfg.method != "lora":
         return
+    lora = cfg.lora
     if lora.rank < 1:
-        raise UserInputError(f"model.lora.rank={lora.rank}: must be >= 1 (4-64 is usual)")
+        raise UserInputError(f"finetune.lora.rank={lora.rank}: must be >= 1 (4-64 is usual)")
     if lora.alpha is not None and lora.alpha <= 0:
-        raise UserInputError(f"model.lora.alpha={lora.alpha}: must be > 0 (or null for alpha = rank)")
+        raise UserInputError(f"finetune.lora.alpha={lora.alpha}: must be > 0 (or null for alpha = rank)")
     if not 0 <= lora.dropout < 1:
-        raise UserInputError(f"model.lora.dropout={lora.dropout}: must be in [0, 1)")
+        raise UserInputError(f"finetune.lora.dropout={lora.dropout}: must be in [0, 1)")
     for key in ("unet_target_modules", "text_encoder_target_modules"):
         if not getattr(lora, key):
             raise UserInputError(
-                f"model.lora.{key} is empty: name the layers to adapt, e.g. to_q, to_k, to_v, to_out.0"
+                f"finetune.lora.{key} is empty: name the layers to adapt, e.g. to_q, to_k, to_v, to_out.0"
             )
 
 
-def check_lora_targets(finetune: str, lora: LoraSettings, unet, text_encoder, text_encoder_too: bool) -> None:
+def check_lora_targets(cfg: FinetuneConfig, unet, text_encoder) -> None:
     """Every target names a layer of the loaded model (as peft matches them: the full name or its last
     dotted parts) — checked right after loading, before class images and training."""
-    if finetune != "lora":
+    if cfg.method != "lora":
         return
+    lora = cfg.lora
     pairs = [("unet_target_modules", unet)] + (
-        [("text_encoder_target_modules", text_encoder)] if text_encoder_too else []
+        [("text_encoder_target_modules", text_encoder)] if cfg.train_text_encoder else []
     )
     for key, model in pairs:
         names = [name for name, _ in model.named_modules()]
         missing = [t for t in getattr(lora, key) if not any(n == t or n.endswith(f".{t}") for n in names)]
         if missing:
             raise UserInputError(
-                f"model.lora.{key}={list(getattr(lora, key))}: no layer named {', '.join(missing)} in the "
+                f"finetune.lora.{key}={list(getattr(lora, key))}: no layer named {', '.join(missing)} in the "
                 f"{key.removesuffix('_target_modules').replace('_', ' ')} (e.g. to_q, to_k, to_v, to_out.0, conv1)"
             )
 
 
-def attach_adapters(unet, text_encoder, lora: LoraSettings, text_encoder_too: bool) -> None:
-    """Freeze the base weights and add trainable LoRA adapters to the UNet (and the text encoder)."""
+def set_trainable(cfg: FinetuneConfig, unet, text_encoder) -> None:
+    """``full``: the UNet's weights (and the text encoder's) train; ``lora``: the base weights are frozen and
+    trainable LoRA adapters are added to the UNet (and the text encoder)."""
+    if cfg.method != "lora":
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(cfg.train_text_encoder)
+        return
     from peft import LoraConfig
+
+    lora = cfg.lora
 
     def config(targets: list[str]) -> LoraConfig:
         return LoraConfig(
@@ -81,11 +83,11 @@ def attach_adapters(unet, text_encoder, lora: LoraSettings, text_encoder_too: bo
         )
 
     # peft raises only when no target matches; a misspelt one beside good ones would be skipped silently.
-    check_lora_targets("lora", lora, unet, text_encoder, text_encoder_too)
+    check_lora_targets(cfg, unet, text_encoder)
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     unet.add_adapter(config(lora.unet_target_modules))
-    if text_encoder_too:
+    if cfg.train_text_encoder:
         text_encoder.add_adapter(config(lora.text_encoder_target_modules))
 
 
