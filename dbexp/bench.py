@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from dbexp.bench_harness import QUIET, compose_config, counted_flops, device_description
+from dbexp.config import check_moved_keys
 from dbexp.console import announce, quiet_known_noise
 from dbexp.errors import exit_on_user_error
 
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
     args = ap.parse_intermixed_args(argv)
+    check_moved_keys(args.overrides)
     quiet_known_noise()
     with exit_on_user_error(), tempfile.TemporaryDirectory(prefix="dbexp-bench-") as tmp:
         root = Path(tmp)

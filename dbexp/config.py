@@ -126,7 +126,14 @@ class EvalConfig:
 
     # Sample grids: rows = prompts ({token} and {class_noun} filled in), columns = seeds, the same noise
     # at every step.
-    prompts: list[str] = field(default_factory=lambda: ["a photo of {token} {class_noun}"])
+    prompts: list[str] = field(
+        default_factory=lambda: [
+            "a photo of {token} {class_noun}",  # fidelity to the photos
+            "a {token} {class_noun} on the beach",  # recontextualisation
+            "a {token} {class_noun} in the snow",
+            "a photo of {class_noun}",  # the bare class prompt: shows drift toward the subject
+        ]
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     guidance_scale: float = 7.5
     num_inference_steps: int = 25
@@ -148,7 +155,8 @@ class EvalConfig:
     images_per_prompt: int = 4  # the paper's count
     pres_images: int = 8  # images of the bare class prompt, for PRES
     class_prompt: str = "a {class_noun}"  # the bare class prompt of PRES
-    guidance_scales: list[float] = field(default_factory=lambda: [7.5])  # one block each; the first is the objective
+    # The final evaluation, one block per scale (the first is the objective); by default the grids' guidance.
+    guidance_scales: list[float] = field(default_factory=lambda: ["${eval.guidance_scale}"])
     metric_seed: int = 0  # image i of prompt k always gets the same seed, made from (metric_seed, k, i)
     final: bool = True  # the full evaluation after training, into metrics.json
     metrics_every_n_steps: int = 0  # the fast subset during training, logged as eval/* (0: off)
@@ -247,7 +255,8 @@ def register_configs() -> None:
 
 #: Keys that moved, old → new (a prefix moves everything under it).
 MOVED_KEYS = {
-    "model.finetune": "finetune.method (or the group: finetune=lora)",
+    "model.finetune": "finetune.method",
+    "model/lora": "finetune (finetune=toy holds the toy model's LoRA targets)",
     "model.lora": "finetune.lora",
     "model.train_text_encoder": "finetune.train_text_encoder",
     "model.min_snr_gamma": "finetune.min_snr_gamma",

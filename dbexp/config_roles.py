@@ -32,6 +32,7 @@ ROLES: dict[str, str] = {
     "export_pipeline": PLACE,  # whether <run>/pipeline/ is written, not what it holds
     "trainer.default_root_dir": PLACE,
     "eval": EVALUATION,
+    "model.eval_metrics": EVALUATION,  # which metric suite scores the model (eval.metrics=auto)
     "optimized_metric": EVALUATION,  # which metric the run returns
     "trainer.max_steps": LENGTH,
     "ckpt_path": NOTHING,  # a resumed run ends bit-identical to an uninterrupted one (test_checkpointing)
@@ -54,6 +55,8 @@ WATCHING_CALLBACKS = (
     "lightning.pytorch.callbacks.LearningRateMonitor",
     "lightning.pytorch.callbacks.ModelSummary",
     "lightning.pytorch.callbacks.RichModelSummary",
+    "lightning.pytorch.callbacks.DeviceStatsMonitor",
+    "dbexp.bench_harness.StepTimer",
 )
 
 
@@ -107,7 +110,8 @@ def resume_setting(cfg: DictConfig | dict) -> dict[str, Any]:
 
 
 def shows_in_report(key: str) -> bool:
-    """A parameter the comparison report shows when it varies: not where things went, not what changes nothing."""
-    if key.startswith("callbacks."):
-        return False  # the report lists callbacks' settings only through their effect
+    """A parameter the comparison report shows when it varies: not where things went, not what changes nothing.
+    Callbacks are judged by their target, which a flat parameter name does not carry: the report leaves them out."""
+    if key == "callbacks" or key.startswith("callbacks."):
+        return False
     return role(key) not in (PLACE, NOTHING)

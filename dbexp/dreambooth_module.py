@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from diffusers import StableDiffusionPipeline
 
+from dbexp import metric_suites
 from dbexp.config import FinetuneConfig, MemoryConfig, OptimizerConfig
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
 from dbexp.encoding_cache import tokenize
@@ -113,9 +114,10 @@ class DreamBoothModule(L.LightningModule):
 
     @staticmethod
     def metric_names(prior: bool) -> list[str]:
-        """What :meth:`training_step` logs (so ``optimized_metric`` can be checked before training)."""
-        names = ["train/loss", "train/loss_instance", "train/lr"]
-        return names + ["train/loss_prior"] if prior else names
+        """What :meth:`training_step` logs (so ``optimized_metric`` can be checked before training): the losses
+        ``dbexp.metric_suites.TRAINING`` declares (with the direction that is better), and the learning rate."""
+        losses = [name for name in metric_suites.TRAINING if prior or name != "train/loss_prior"]
+        return [*losses, "train/lr"]
 
     # --- modes and trainable parameters ---------------------------------------------------------
     def train(self, mode: bool = True) -> DreamBoothModule:

@@ -24,7 +24,7 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 def check_finetune_config(cfg: FinetuneConfig) -> None:
     """Config errors found before anything loads."""
     if cfg.method not in METHODS:
-        raise UserInputError(f"finetune.method={cfg.method}: use one of {', '.join(METHODS)} (or finetune=lora)")
+        raise UserInputError(f"finetune.method={cfg.method}: use one of {', '.join(METHODS)}")
     if cfg.min_snr_gamma is not None and cfg.min_snr_gamma <= 0:
         raise UserInputError(f"finetune.min_snr_gamma={cfg.min_snr_gamma}: must be > 0 (or null to disable)")
     if cfg.method != "lora":

@@ -161,9 +161,17 @@ def direction(metric_name: str) -> Direction | None:
 
 
 def report_metrics() -> tuple[str, ...]:
-    """The columns of a comparison: ``eval/score``, every suite's ``eval/<name>`` (once), ``train/loss``."""
-    evals = dict.fromkeys(f"eval/{m.name}" for s in _SUITES.values() for m in s.metrics)
-    return ("eval/score", *evals, "train/loss")
+    """The columns of a comparison: ``eval/score``, every suite's own ``eval/<name>``, then those several suites
+    measure (PRES, DIV), ``train/loss``."""
+    measures = list(dict.fromkeys(s.metric_names for s in _SUITES.values() if s.metrics))  # tiny = dreambench's
+    names = list(dict.fromkeys(n for metrics in measures for n in metrics))
+    shared = [n for n in names if sum(n in metrics for metrics in measures) > 1]
+    return (
+        "eval/score",
+        *(f"eval/{n}" for n in names if n not in shared),
+        *(f"eval/{n}" for n in shared),
+        "train/loss",
+    )
 
 
 def fidelity_axes() -> tuple[tuple[str, str, str, str], ...]:

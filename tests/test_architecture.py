@@ -64,7 +64,7 @@ LAYERS = [
     "model_loading finetune memory optimization datamodule encoding_cache prior_cache trained_cache checkpointing "
     "dreambooth_module metric_models toy.judge toy.oracle eval_protocol tracking export pruning",
     "run",
-    "train generate evaluate compare cache bench bench_harness bench_train toy.pretrain toy.subjects",
+    "train generate evaluate compare run_collection cache bench bench_harness bench_train toy.pretrain toy.subjects",
 ]
 PACKAGES = ("dbexp", "dbexp.conf", "dbexp.sweeps", "dbexp.toy")
 

@@ -150,7 +150,8 @@ def test_group_files_state_only_what_differs_from_the_schema(group):
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("model.finetune=lora", "model.finetune: this key is now finetune.method (or the group: finetune=lora)"),
+        ("model.finetune=lora", "model.finetune: this key is now finetune.method"),
+        ("model/lora=toy", "model/lora: this key is now finetune (finetune=toy holds the toy model's LoRA targets)"),
         ("+model.lora.rank=8", "model.lora.rank: this key is now finetune.lora.rank"),
         ("model.train_text_encoder=true", "model.train_text_encoder: this key is now finetune.train_text_encoder"),
         ("optimizer.scheduler=cosine", "optimizer.scheduler: this key is now optimizer.lr_schedule"),

@@ -57,15 +57,15 @@ def test_a_metric_keeps_one_direction_across_suites(monkeypatch):
 
 
 def test_compare_takes_directions_columns_and_axes_from_the_registry(monkeypatch):
-    from dbexp import compare
+    from dbexp import run_collection
 
-    assert compare.objective_directions(["eval/score", "eval/pres", "train/loss", "eval/dino"]) == [
+    assert run_collection.objective_directions(["eval/score", "eval/pres", "train/loss", "eval/dino"]) == [
         MAXIMIZE,
         MINIMIZE,
         MINIMIZE,
         MAXIMIZE,
     ]
-    # A suite added to the registry reaches the report without touching compare.
+    # A suite added to the registry reaches the report without touching the report's code.
     monkeypatch.setattr(metric_suites, "_SUITES", dict(metric_suites._SUITES))
     metric_suites.register(
         MetricSuite(
@@ -77,7 +77,7 @@ def test_compare_takes_directions_columns_and_axes_from_the_registry(monkeypatch
         )
     )
     metric_suites.register(MetricSuite("leaky", "leaky", (Metric("leak", "leak", MINIMIZE),), {"leak": -1.0}))
-    assert compare.objective_directions(["eval/leak", "eval/likeness_cfg3"]) == [MINIMIZE, MAXIMIZE]
+    assert run_collection.objective_directions(["eval/leak", "eval/likeness_cfg3"]) == [MINIMIZE, MAXIMIZE]
     assert {"eval/likeness", "eval/leak"} <= set(metric_suites.report_metrics())
     assert ("eval/likeness", "eval/obedience", "likeness (subject fidelity)", "obedience (prompt fidelity)") in (
         metric_suites.fidelity_axes()

@@ -119,7 +119,8 @@ def test_multi_objective_sweep_writes_a_pareto_front(tmp_path, cache_dir):
     assert re.search(r"sweep results: ", result.stderr + result.stdout)
 
     # The comparison report of this (in-memory) study, from its folder: the Pareto plot and front.
-    from dbexp.compare import from_sweep_folder, main
+    from dbexp.compare import main
+    from dbexp.run_collection import from_sweep_folder
 
     collection = from_sweep_folder(path.parent)
     assert [r.state for r in collection.runs] == ["COMPLETE", "COMPLETE"] and all(r.values for r in collection.runs)
@@ -448,3 +449,17 @@ def test_every_pruner_option_builds_an_optuna_pruner(name):
             "train", overrides=["hydra/sweeper=dbexp_optuna", f"hydra/sweeper/pruner={name}"], return_hydra_config=True
         )
     assert isinstance(instantiate(cfg.hydra.sweeper.pruner), optuna.pruners.BasePruner)
+
+
+def test_a_search_space_with_a_moved_key_names_the_new_one():
+    from dbexp.errors import UserInputError
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
+
+    sweeper = DbexpOptunaSweeper(None, "maximize", None, "s", 1, 1, 0.0, params={"model.lora.rank": "choice(4, 8)"})
+    with pytest.raises(
+        UserInputError, match=r"hydra.sweeper.params: model.lora.rank: this key is now finetune.lora.rank"
+    ):
+        sweeper.check_moved_keys()
+    DbexpOptunaSweeper(
+        None, "maximize", None, "s", 1, 1, 0.0, params={"finetune.lora.rank": "choice(4, 8)"}
+    ).check_moved_keys()

@@ -5,7 +5,8 @@ a tuple for several directions). The study lives in ``storage``, so running the 
 continues it up to ``n_trials`` in total, and several processes on one storage share it.
 A trial that raises, or returns NaN, is marked FAIL with its reason as a user attribute; the sweep
 goes on until the failure rate over the whole study exceeds ``max_failure_rate``. A trial that raises
-``optuna.TrialPruned`` (the job's pruning callback, see ``trial.py``) is marked PRUNED.
+``optuna.TrialPruned`` (the job's pruning callback: ``dbexp/sweep_trial.py``, ``dbexp/pruning.py``) is
+marked PRUNED.
 
 While a trial runs, its worker writes a heartbeat (a ``heartbeat`` user attribute, Unix time) every
 ``heartbeat_interval`` seconds; a RUNNING trial without one for ``grace_period`` seconds was left by a
@@ -36,6 +37,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from dbexp import metric_suites
+from dbexp.config import moved_key
 from dbexp.errors import UserInputError, stop
 from dbexp.extras import require, require_for_url
 from dbexp.sweep_trial import job_overrides, open_storage, register_in_process
@@ -165,6 +167,7 @@ class DbexpOptunaSweeper(Sweeper):
             self.check_extras(config)
             objective = OmegaConf.select(config, "optimized_metric", default=None, throw_on_resolution_failure=False)
             check_directions(objective, self.directions)
+            self.check_moved_keys()
         except UserInputError as err:  # before the launcher, the study and any trial
             stop(err)
         self.launcher = Plugins.instance().instantiate_launcher(
@@ -184,6 +187,13 @@ class DbexpOptunaSweeper(Sweeper):
             require_for_url(str(self.storage), "hydra.sweeper.storage")
         if "hydra_submitit_launcher" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
             require("slurm", "hydra/launcher=slurm_one_gpu (Hydra's submitit launcher)")
+
+    def check_moved_keys(self) -> None:
+        """A search space written for an older dbexp (``model.lora.rank``): one line naming the new key."""
+        for key in self.params:
+            moved = moved_key(f"{key}=")
+            if moved is not None:
+                raise UserInputError(f"hydra.sweeper.params: {moved}")
 
     # --- the search space ---------------------------------------------------------------------------
     def search_space(self, arguments: list[str]) -> tuple[list[str], dict[str, BaseDistribution]]:
