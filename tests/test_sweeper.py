@@ -32,8 +32,12 @@ def test_hydra_optuna_sweeper_grammar():
     assert _dist("a=interval(1e-7, 1e-5)") == FloatDistribution(1e-7, 1e-5)
     assert _dist("a=tag(log, interval(1e-7, 1e-5))") == FloatDistribution(1e-7, 1e-5, log=True)
     assert _dist("a=int(interval(1, 10))") == IntDistribution(1, 10)
-    assert _dist("a=range(1, 5)") == IntDistribution(1, 4)
-    assert _dist("a=range(0, 2, step=0.5)") == FloatDistribution(0.0, 1.5, step=0.5)
+    # range as hydra-optuna-sweeper samples it: stop included; shuffle(range) is a choice of Hydra's values
+    assert _dist("a=range(1, 5)") == IntDistribution(1, 5)
+    assert _dist("a=range(0, 2, step=0.5)") == FloatDistribution(0.0, 2.0, step=0.5)
+    assert _dist("a=range(-5.5, 5.5, step=0.5)").high == 5.5
+    shuffled = _dist("a=shuffle(range(1, 4))")
+    assert isinstance(shuffled, CategoricalDistribution) and set(shuffled.choices) == {1, 2, 3}
     assert _dist("a=choice(3, 7.5, 10)") == CategoricalDistribution([3, 7.5, 10])
     assert _dist("a=5") is None
     assert grid_values(_dist("a=range(0, 2, step=0.5)")) == [0.0, 0.5, 1.0, 1.5]
@@ -66,6 +70,18 @@ def test_running_the_same_sweep_again_continues_the_study(tmp_path, cache_dir):
         sorted((tmp_path / "outputs" / "debug" / "multiruns").glob("*/optimization_results.yaml"))[-1]
     )
     assert results.trials.COMPLETE == 3 and "optimizer.lr" in results.best_params
+    assert results.name == "optuna"  # hydra-optuna-sweeper's keys (best_params, best_value; solutions)
+    # hydra-optuna-sweeper's resume: each command adds n_trials more.
+    more = run_cli(
+        "dbexp.train",
+        "--multirun",
+        *args,
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.n_trials_in_total=false",
+        cwd=tmp_path,
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(_study(tmp_path, "resume").trials) == 4
 
 
 @pytest.mark.slow
@@ -114,8 +130,8 @@ def test_multi_objective_sweep_writes_a_pareto_front(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     path = next((tmp_path / "outputs" / "debug" / "multiruns").glob("*/optimization_results.yaml"))
     results = OmegaConf.load(path)
-    assert results.directions == ["maximize", "maximize"] and len(results.pareto_front) >= 1
-    assert all(len(p["values"]) == 2 for p in results.pareto_front)
+    assert results.directions == ["maximize", "maximize"] and len(results.solutions) >= 1
+    assert all(len(p["values"]) == 2 for p in results.solutions)
     assert re.search(r"sweep results: ", result.stderr + result.stdout)
 
     # The comparison report of this (in-memory) study, from its folder: the Pareto plot and front.
@@ -127,7 +143,7 @@ def test_multi_objective_sweep_writes_a_pareto_front(tmp_path, cache_dir):
     main([str(path.parent)])
     report = (path.parent / "report" / "report.html").read_text()
     assert (path.parent / "report" / "pareto.png").is_file() and "Pareto front: subject vs prompt fidelity" in report
-    assert report.count('<tr class="best">') == len(results.pareto_front)
+    assert report.count('<tr class="best">') == len(results.solutions)
 
 
 HYDRA_OPTUNA_SWEEPER_CONFIG = """
@@ -463,3 +479,61 @@ def test_a_search_space_with_a_moved_key_names_the_new_one():
     DbexpOptunaSweeper(
         None, "maximize", None, "s", 1, 1, 0.0, params={"finetune.lora.rank": "choice(4, 8)"}
     ).check_moved_keys()
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes", "nsgaii", "qmc"])
+def test_a_default_sampler_config_passes_nothing_optuna_deprecated(name):
+    """Deprecation warnings as errors: building each sampler from its default config passes nothing Optuna
+    deprecated (QMC's own ExperimentalWarning is Optuna's word on that sampler, not on our arguments)."""
+    import warnings
+
+    from hydra_plugins.dbexp_optuna_sweeper import config
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
+
+    node = OmegaConf.structured(config.SAMPLERS[name])
+    if name == "cmaes":
+        pytest.importorskip("cmaes")
+    sweeper = DbexpOptunaSweeper(node, "minimize", None, "s", 1, 1, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        sweeper.make_sampler({"x": FloatDistribution(0, 1)})
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"type": "categorical", "choices": [1, 2, 3]}, CategoricalDistribution([1, 2, 3])),
+        ({"type": "int", "low": 0, "high": 10}, IntDistribution(0, 10)),
+        ({"type": "int", "low": 0, "high": 10, "step": 2}, IntDistribution(0, 10, step=2)),
+        ({"type": "int", "low": 1, "high": 100, "log": True}, IntDistribution(1, 100, log=True)),
+        ({"type": "float", "low": 0, "high": 1}, FloatDistribution(0, 1)),
+        ({"type": "float", "low": 0, "high": 10, "step": 2}, FloatDistribution(0, 10, step=2)),
+        ({"type": "float", "low": 1, "high": 100, "log": True}, FloatDistribution(1, 100, log=True)),
+    ],
+)
+def test_the_deprecated_typed_search_space_means_what_it_meant(spec, expected):
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import typed_distribution
+
+    assert typed_distribution(OmegaConf.create(spec)) == expected
+
+
+def test_search_space_runs_with_one_deprecation_warning_and_yields_to_params():
+    import warnings
+
+    from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
+
+    typed = {"x": {"type": "float", "low": -5.5, "high": 5.5, "step": 0.5}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sweeper = DbexpOptunaSweeper(None, "minimize", None, "s", 1, 1, 0.0, search_space=typed)
+    assert [str(w.message).splitlines()[0] for w in caught] == [
+        "`hydra.sweeper.search_space` is deprecated and will be removed in the next major release."
+    ]
+    assert sweeper.search_space(["y=choice(1, 2)"])[1] == {
+        "x": FloatDistribution(-5.5, 5.5, step=0.5),
+        "y": CategoricalDistribution([1, 2]),
+    }
+    with pytest.warns(UserWarning, match="Both hydra.sweeper.params and hydra.sweeper.search_space"):
+        both = DbexpOptunaSweeper(None, "minimize", None, "s", 1, 1, 0.0, search_space=typed, params={"z": "choice(1)"})
+    assert set(both.search_space([])[1]) == {"z"}

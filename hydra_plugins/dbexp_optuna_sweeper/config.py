@@ -13,14 +13,16 @@ from omegaconf import MISSING
 class TPESamplerConfig:
     _target_: str = "optuna.samplers.TPESampler"
     seed: int | None = None
-    consider_prior: bool | None = None  # deprecated in Optuna 4.3; passed on only when set
-    prior_weight: float = 1.0
-    consider_magic_clip: bool = True
-    consider_endpoints: bool = False
+    # hydra-optuna-sweeper's keys, all accepted. Those Optuna deprecated (consider_prior in 4.3, the next
+    # four in 4.9) default to null: passed on only when set, so a sweep prints no FutureWarning of ours.
+    consider_prior: bool | None = None
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     multivariate: bool = False
-    warn_independent_sampling: bool = True
+    warn_independent_sampling: bool | None = None
 
 
 @dataclass
@@ -38,9 +40,10 @@ class CmaEsSamplerConfig:
     independent_sampler: Any | None = None
     warn_independent_sampling: bool = True
     consider_pruned_trials: bool = False
-    restart_strategy: Any | None = None
-    inc_popsize: int = 2
+    restart_strategy: Any | None = None  # deprecated in Optuna 4.4, as is inc_popsize: passed on only when set
+    inc_popsize: int | None = None
     use_separable_cma: bool = False
+    source_trials: Any | None = None  # warm start from earlier trials (Optuna's WS-CMA-ES)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class NSGAIISamplerConfig:
     crossover_prob: float = 0.9
     swapping_prob: float = 0.5
     seed: int | None = None
+    constraints_func: Any | None = None  # a function (trial → constraint values), as a ``_target_`` node
 
 
 @dataclass
@@ -117,9 +121,12 @@ class DbexpOptunaSweeperConfig:
     storage: Any = None  # sqlite:///…, journal:<file>, a database URL, or null (in memory)
     study_name: str | None = None
     n_trials: int = 20
+    # true: the study ends at n_trials in total, however often the command runs (a resume finishes it);
+    # false: every run of the command adds n_trials more (hydra-optuna-sweeper's behaviour).
+    n_trials_in_total: bool = True
     n_jobs: int = 2
     max_failure_rate: float = 0.0
-    search_space: dict[str, Any] | None = None  # hydra-optuna-sweeper 1.1's name for params
+    search_space: dict[str, Any] | None = None  # deprecated: Hydra 1.1's {name: {type, low, high, step, log}}
     params: dict[str, str] | None = None
     custom_search_space: str | None = None  # "module.function(cfg, trial)" for conditional parameters
     pruner: Any = MISSING  # filled by the hydra/sweeper/pruner group: none | median | successive_halving | hyperband
@@ -130,14 +137,16 @@ class DbexpOptunaSweeperConfig:
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="dbexp_optuna", node=DbexpOptunaSweeperConfig, provider="dbexp")
-for name, node in {
+#: hydra/sweeper/sampler options, by hydra-optuna-sweeper's names.
+SAMPLERS = {
     "tpe": TPESamplerConfig,
     "random": RandomSamplerConfig,
     "cmaes": CmaEsSamplerConfig,
     "nsgaii": NSGAIISamplerConfig,
     "grid": GridSamplerConfig,
     "qmc": QMCSamplerConfig,
-}.items():
+}
+for name, node in SAMPLERS.items():
     store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="dbexp")
 for name, node in {
     "none": NopPrunerConfig,

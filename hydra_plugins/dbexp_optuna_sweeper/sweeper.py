@@ -20,6 +20,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,14 @@ def distribution(override: Override) -> BaseDistribution | None:
     if isinstance(value, ChoiceSweep):
         return CategoricalDistribution([_plain(v) for v in value.list])
     if isinstance(value, RangeSweep):
+        # As hydra-optuna-sweeper: shuffle(range(...)) is the choice of Hydra's range values (stop excluded);
+        # range(a, b, step) samples a, a + step, ... up to b included (grids walk Hydra's values: grid_values).
+        if value.shuffle:
+            return CategoricalDistribution([_plain(v) for v in override.sweep_iterator()])
         start, stop, step = value.start, value.stop, value.step
         if all(isinstance(x, int) for x in (start, stop, step)):
-            # Hydra's range excludes stop, Optuna's includes high.
-            return IntDistribution(start, stop - step, step=step)
-        steps = math.floor((stop - start) / step - 1e-9)
-        return FloatDistribution(start, start + steps * step, step=step)
+            return IntDistribution(start, stop, step=step)
+        return FloatDistribution(float(start), float(stop), step=float(step))
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
@@ -68,16 +71,68 @@ def distribution(override: Override) -> BaseDistribution | None:
     raise ValueError(f"{override.input_line}: use choice, range, interval, int(interval) or tag(log, interval)")
 
 
+#: Hydra's page on the 1.1 → 1.2 change of the sweeper's search space.
+SEARCH_SPACE_URL = "https://hydra.cc/docs/upgrades/1.1_to_1.2/changes_to_sweeper_config/"
+
+
+def space_from_search_space(search_space: Any, given_params: bool) -> dict[str, BaseDistribution]:
+    """The deprecated ``hydra.sweeper.search_space`` (Hydra 1.1's typed form, ``{type: float, low, high,
+    step, log}`` or ``{type: categorical, choices}``) as distributions, with hydra-optuna-sweeper's warning;
+    ignored (with its other warning) when ``params`` is set too. A string value is read as ``params`` grammar."""
+    if search_space is None:
+        return {}
+    if given_params:
+        warnings.warn(
+            "Both hydra.sweeper.params and hydra.sweeper.search_space are configured."
+            f"\nHydra will use hydra.sweeper.params for defining search space.\n{SEARCH_SPACE_URL}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return {}
+    warnings.warn(
+        "`hydra.sweeper.search_space` is deprecated and will be removed in the next major release.\n"
+        f"Please configure with `hydra.sweeper.params`.\n{SEARCH_SPACE_URL}",
+        UserWarning,
+        stacklevel=2,
+    )
+    parser = OverridesParser.create()
+    space = {}
+    for key, spec in search_space.items():
+        if isinstance(spec, str):
+            space[str(key)] = distribution(parser.parse_overrides([f"{key}={spec}"])[0])
+        else:
+            space[str(key)] = typed_distribution(spec)
+    return space
+
+
+def typed_distribution(spec: Any) -> BaseDistribution:
+    """One entry of the typed search space: ``type`` int | float | categorical."""
+    spec = _plain(spec) if not isinstance(spec, dict) else spec
+    kind, low, high, step, log_scale = (spec.get(k) for k in ("type", "low", "high", "step", "log"))
+    if kind == "categorical":
+        return CategoricalDistribution(list(spec["choices"]))
+    if kind == "int":
+        if log_scale:
+            return IntDistribution(int(low), int(high), log=True)
+        return IntDistribution(int(low), int(high), step=int(step) if step is not None else 1)
+    if kind == "float":
+        if log_scale:
+            return FloatDistribution(float(low), float(high), log=True)
+        return FloatDistribution(float(low), float(high), step=float(step) if step is not None else None)
+    raise ValueError(f"search_space type {kind!r}: use int, float or categorical")
+
+
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def grid_values(dist: BaseDistribution) -> list[Any]:
-    """The values a grid sampler walks for one parameter."""
+    """The values a grid sampler walks for one parameter: a choice's, or a range's as Hydra counts them
+    (``range(0, 2, step=0.5)``: 0, 0.5, 1, 1.5 — high excluded, as hydra-optuna-sweeper's grid does)."""
     if isinstance(dist, CategoricalDistribution):
         return list(dist.choices)
     if getattr(dist, "step", None):
-        count = round((dist.high - dist.low) / dist.step) + 1
+        count = math.ceil((dist.high - dist.low) / dist.step - 1e-9)
         return [dist.low + i * dist.step for i in range(count)]
     raise ValueError("the grid sampler needs choice(...) or range(...) parameters, not intervals")
 
@@ -146,6 +201,7 @@ class DbexpOptunaSweeper(Sweeper):
         pruner: Any = None,
         heartbeat_interval: int = 10,
         grace_period: int | None = None,
+        n_trials_in_total: bool = True,
     ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.directions = (
@@ -155,7 +211,9 @@ class DbexpOptunaSweeper(Sweeper):
         )
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
-        self.params = {**(search_space or {}), **(params or {})}
+        self.n_trials_in_total = n_trials_in_total
+        self.params = dict(params or {})
+        self.typed_space = space_from_search_space(search_space, given_params=params is not None)
         self.custom_search_space = custom_search_space
         self.heartbeat_interval = max(1, heartbeat_interval)
         self.grace_period = grace_period if grace_period is not None else 3 * self.heartbeat_interval
@@ -201,7 +259,7 @@ class DbexpOptunaSweeper(Sweeper):
         parser = OverridesParser.create()
         lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
         fixed: dict[str, str] = {}
-        space: dict[str, BaseDistribution] = {}
+        space: dict[str, BaseDistribution] = dict(self.typed_space)
         for override in parser.parse_overrides(lines):
             key = override.get_key_element()
             dist = distribution(override)
@@ -221,6 +279,10 @@ class DbexpOptunaSweeper(Sweeper):
         if given["_target_"].endswith("GridSampler"):
             given["search_space"] = {name: grid_values(dist) for name, dist in space.items()}
             given["_target_"] = f"{__name__}.SweepGridSampler"
+            size = math.prod(len(values) for values in given["search_space"].values())
+            if size < self.n_trials:  # as hydra-optuna-sweeper: a grid runs each point once
+                log.info("n_trials %d -> %d: the grid has %d points", self.n_trials, size, size)
+                self.n_trials = size
         return instantiate(given)
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -243,6 +305,8 @@ class DbexpOptunaSweeper(Sweeper):
         if self.in_memory:
             register_in_process(study.study_name, self.opened_storage)
         self.fail_stale_trials(study)
+        if not self.n_trials_in_total:  # this command adds n_trials to what the study has done
+            self.n_trials += sum(counted(t) for t in study.get_trials(deepcopy=False))
         log.info(
             "study %s: %d of %d trials done, storage %s",
             study.study_name,
@@ -383,7 +447,7 @@ class DbexpOptunaSweeper(Sweeper):
         """Best parameters (one objective) or the Pareto front (several) into the sweep folder."""
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         summary: dict[str, Any] = {
-            "name": "dbexp_optuna",
+            "name": "optuna",  # the keys hydra-optuna-sweeper writes, and ours beside them
             "study_name": study.study_name,
             "directions": self.directions,
             "trials": {s.name: sum(t.state == s for t in study.trials) for s in TrialState},
@@ -396,7 +460,7 @@ class DbexpOptunaSweeper(Sweeper):
                 "best_trial": study.best_trial.number,
             }
         elif complete:
-            summary["pareto_front"] = [
+            summary["solutions"] = [
                 {"trial": t.number, "params": t.params, "values": t.values} for t in study.best_trials
             ]
         OmegaConf.save(OmegaConf.create(summary), self.sweep_dir / RESULTS)
