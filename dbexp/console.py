@@ -50,8 +50,8 @@ def expand_home_in_overrides(argv: list[str]) -> list[str]:
 def format_bytes(size: float) -> str:
     """A byte count for people, in binary units with IEC names: ``512 B``, ``61.4 KiB``, ``7.0 MiB``, ``2.3 GiB``.
 
-    Every size dbexp shows goes through here, so the cache listing, the export line and the
-    benchmarks agree on what a "MiB" is (2**20 bytes; never the decimal MB)."""
+    Every size dbexp shows goes through here, so the cache listing and the export line agree on what a
+    "MiB" is (2**20 bytes; never the decimal MB); the benchmark table's ``peak MiB`` column uses the same unit."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(size) < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

@@ -207,9 +207,10 @@ class Stages:
         check_lora_targets(self.cfg.finetune, parts.unet, parts.text_encoder)
         if self.plan.eval_prompts is not None:
             metric_model_folders(self.plan.metric_suite, self.cfg.eval, self.cfg.paths.cache_dir)
-        self.key = trained_cache.training_key(
-            self.cfg, parts.identity, self.plan.instance_images, self.plan.class_photos
-        )
+        if self.reuse:  # the trained-weights key: only where trained weights are looked up and stored
+            self.key = trained_cache.training_key(
+                self.cfg, parts.identity, self.plan.instance_images, self.plan.class_photos
+            )
         return parts
 
     def evaluate_base_model(self, parts: ModelParts) -> dict[str, float] | None:
@@ -246,7 +247,7 @@ class Stages:
         if entry is None:
             return None
         announce(f"reusing trained weights {entry.folder} (from {entry.manifest.get('source_run')}): sampling only")
-        module = self.make_module(parts, None)
+        module = make_module(self.cfg, self.plan, parts, None)
         entry.load_into(module)
         module.to(self.device)
         grids = next(c for c in self.callbacks if isinstance(c, SampleGridCallback))
@@ -265,7 +266,7 @@ class Stages:
         datamodule = DreamBoothDataModule(
             cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
         )
-        module = self.make_module(parts, encoded.text_embeddings, offload=offloadable(cfg, encoded))
+        module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded))
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics |= {"step": trainer.global_step, "train/steps_run": trainer.global_step - module.start_step}
@@ -273,9 +274,6 @@ class Stages:
         if pruned is not None:
             metrics["pruned_at_step"] = pruned.pruned_at
         return Trained(module, metrics, pruned=pruned)
-
-    def make_module(self, parts: ModelParts, text_embeddings, offload=()) -> DreamBoothModule:
-        return make_module(self.cfg, self.plan, parts, text_embeddings, offload)
 
     def store_trained(self, trained: Trained) -> None:
         """Trained weights into the shared cache, for later runs of the same training setting."""

@@ -279,15 +279,17 @@ class DbexpOptunaSweeper(Sweeper):
         if given["_target_"].endswith("GridSampler"):
             given["search_space"] = {name: grid_values(dist) for name, dist in space.items()}
             given["_target_"] = f"{__name__}.SweepGridSampler"
-            size = math.prod(len(values) for values in given["search_space"].values())
-            if size < self.n_trials:  # as hydra-optuna-sweeper: a grid runs each point once
-                log.info("n_trials %d -> %d: the grid has %d points", self.n_trials, size, size)
-                self.n_trials = size
         return instantiate(given)
 
     # --- the loop -----------------------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
         fixed, space = self.search_space(arguments)
+        sampler = self.make_sampler(space)
+        if isinstance(sampler, SweepGridSampler):  # as hydra-optuna-sweeper: a grid runs each point once
+            size = math.prod(len(grid_values(dist)) for dist in space.values())
+            if size < self.n_trials:
+                log.info("n_trials %d -> %d: the grid has %d points", self.n_trials, size, size)
+                self.n_trials = size
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does
         with setup_lock(self.storage):
@@ -297,7 +299,7 @@ class DbexpOptunaSweeper(Sweeper):
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=self.opened_storage,
-                sampler=self.make_sampler(space),
+                sampler=sampler,
                 pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
                 directions=self.directions,
                 load_if_exists=True,
