@@ -7,10 +7,10 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from dbexp import SWEEPS_DIR
-from hydra_plugins.dbexp_optuna_sweeper.sweeper import distribution, grid_values
+from hydra_plugins.dbexp_optuna_sweeper.sweeper import distribution, grid_values, params_from_overrides
 from tests.conftest import run_cli
 
 FAST = [
@@ -29,11 +29,9 @@ def _dist(line):
 
 
 def test_hydra_optuna_sweeper_grammar():
-    assert _dist("a=interval(1e-7, 1e-5)") == FloatDistribution(1e-7, 1e-5)
+    """Beyond that plugin's own cases (tests/hydra_optuna_sweeper/): range keeps its stop outside a grid
+    (the docs' space reaches 5.5) and a grid walks Hydra's values; a mixed choice stays as written."""
     assert _dist("a=tag(log, interval(1e-7, 1e-5))") == FloatDistribution(1e-7, 1e-5, log=True)
-    assert _dist("a=int(interval(1, 10))") == IntDistribution(1, 10)
-    # range as hydra-optuna-sweeper samples it: stop included; shuffle(range) is a choice of Hydra's values
-    assert _dist("a=range(1, 5)") == IntDistribution(1, 5)
     assert _dist("a=range(0, 2, step=0.5)") == FloatDistribution(0.0, 2.0, step=0.5)
     assert _dist("a=range(-5.5, 5.5, step=0.5)").high == 5.5
     shuffled = _dist("a=shuffle(range(1, 4))")
@@ -41,6 +39,9 @@ def test_hydra_optuna_sweeper_grammar():
     assert _dist("a=choice(3, 7.5, 10)") == CategoricalDistribution([3, 7.5, 10])
     assert _dist("a=5") is None
     assert grid_values(_dist("a=range(0, 2, step=0.5)")) == [0.0, 0.5, 1.0, 1.5]
+    # A key given twice (params, then the command line): the later form wins, a sweep or a fixed value.
+    assert params_from_overrides(["a=5", "a=choice(1, 2)"]) == ({"a": CategoricalDistribution([1, 2])}, {})
+    assert params_from_overrides(["a=choice(1, 2)", "a=5", "~b"]) == ({}, {"a": "5", "~b": "null"})
 
 
 def _study(tmp_path, name):
@@ -71,17 +72,7 @@ def test_running_the_same_sweep_again_continues_the_study(tmp_path, cache_dir):
     )
     assert results.trials.COMPLETE == 3 and "optimizer.lr" in results.best_params
     assert results.name == "optuna"  # hydra-optuna-sweeper's keys (best_params, best_value; solutions)
-    # hydra-optuna-sweeper's resume: each command adds n_trials more.
-    more = run_cli(
-        "dbexp.train",
-        "--multirun",
-        *args,
-        "hydra.sweeper.n_trials=1",
-        "hydra.sweeper.n_trials_in_total=false",
-        cwd=tmp_path,
-    )
-    assert more.returncode == 0, more.stderr[-3000:]
-    assert len(_study(tmp_path, "resume").trials) == 4
+    # n_trials_in_total=false (each command adds n_trials): tests/test_sweeper_compat.py
 
 
 @pytest.mark.slow
@@ -146,63 +137,8 @@ def test_multi_objective_sweep_writes_a_pareto_front(tmp_path, cache_dir):
     assert report.count('<tr class="best">') == len(results.solutions)
 
 
-HYDRA_OPTUNA_SWEEPER_CONFIG = """
-defaults:
-  - train
-  - override hydra/sweeper: optuna
-  - override hydra/sweeper/sampler: tpe
-  - _self_
-task_name: compat
-hydra:
-  sweeper:
-    sampler:
-      seed: 123
-      n_startup_trials: 1
-    direction: minimize
-    storage: null
-    study_name: compat
-    n_trials: 2
-    n_jobs: 1
-    max_failure_rate: 0.0
-    params:
-      optimizer.lr: tag(log, interval(1e-6, 1e-3))
-      prior.weight: interval(0, 2)
-      data.batch_size: int(interval(1, 2))
-      optimizer.warmup_steps: range(0, 4, step=2)
-      eval.guidance_scale: choice(3, 7.5)
-"""
-
-
-@pytest.mark.slow
-def test_a_hydra_optuna_sweeper_config_runs_after_renaming_the_sweeper(tmp_path, cache_dir):
-    """Written for hydra-optuna-sweeper (its keys, samplers' names and params grammar); only the name changes."""
-    (tmp_path / "sweeps").mkdir()
-    renamed = HYDRA_OPTUNA_SWEEPER_CONFIG.replace("hydra/sweeper: optuna", "hydra/sweeper: dbexp_optuna")
-    assert renamed.count("\n") == HYDRA_OPTUNA_SWEEPER_CONFIG.count("\n")
-    (tmp_path / "sweeps" / "compat.yaml").write_text(renamed)
-    result = run_cli(
-        "dbexp.train",
-        "--multirun",
-        "--config-dir",
-        str(tmp_path / "sweeps"),
-        "--config-name",
-        "compat",
-        "debug=fast",
-        "callbacks.progress_bar=null",
-        "eval.metrics=none",
-        f"paths.cache_dir={cache_dir}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    results = OmegaConf.load(next((tmp_path / "outputs").glob("*/multiruns/*/optimization_results.yaml")))
-    assert results.trials.COMPLETE == 2
-    assert set(results.best_params) == {
-        "optimizer.lr",
-        "prior.weight",
-        "data.batch_size",
-        "optimizer.warmup_steps",
-        "eval.guidance_scale",
-    }
+# A config written for hydra-optuna-sweeper (its own tests, lightning-hydra-template's search space):
+# tests/hydra_optuna_sweeper/ and tests/test_sweeper_compat.py.
 
 
 @pytest.mark.slow
@@ -481,7 +417,7 @@ def test_a_search_space_with_a_moved_key_names_the_new_one():
     ).check_moved_keys()
 
 
-@pytest.mark.parametrize("name", ["tpe", "random", "cmaes", "nsgaii", "qmc"])
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes", "nsgaii", "motpe", "qmc", "gp"])
 def test_a_default_sampler_config_passes_nothing_optuna_deprecated(name):
     """Deprecation warnings as errors: building each sampler from its default config passes nothing Optuna
     deprecated (QMC's own ExperimentalWarning is Optuna's word on that sampler, not on our arguments)."""
@@ -500,40 +436,20 @@ def test_a_default_sampler_config_passes_nothing_optuna_deprecated(name):
         sweeper.make_sampler({"x": FloatDistribution(0, 1)})
 
 
-@pytest.mark.parametrize(
-    "spec, expected",
-    [
-        ({"type": "categorical", "choices": [1, 2, 3]}, CategoricalDistribution([1, 2, 3])),
-        ({"type": "int", "low": 0, "high": 10}, IntDistribution(0, 10)),
-        ({"type": "int", "low": 0, "high": 10, "step": 2}, IntDistribution(0, 10, step=2)),
-        ({"type": "int", "low": 1, "high": 100, "log": True}, IntDistribution(1, 100, log=True)),
-        ({"type": "float", "low": 0, "high": 1}, FloatDistribution(0, 1)),
-        ({"type": "float", "low": 0, "high": 10, "step": 2}, FloatDistribution(0, 10, step=2)),
-        ({"type": "float", "low": 1, "high": 100, "log": True}, FloatDistribution(1, 100, log=True)),
-    ],
-)
-def test_the_deprecated_typed_search_space_means_what_it_meant(spec, expected):
-    from hydra_plugins.dbexp_optuna_sweeper.sweeper import typed_distribution
-
-    assert typed_distribution(OmegaConf.create(spec)) == expected
-
-
 def test_search_space_runs_with_one_deprecation_warning_and_yields_to_params():
     import warnings
 
     from hydra_plugins.dbexp_optuna_sweeper.sweeper import DbexpOptunaSweeper
 
     typed = {"x": {"type": "float", "low": -5.5, "high": 5.5, "step": 0.5}}
+    sweeper = DbexpOptunaSweeper(None, "minimize", None, "s", 1, 1, 0.0, search_space=typed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sweeper = DbexpOptunaSweeper(None, "minimize", None, "s", 1, 1, 0.0, search_space=typed)
+        _, space = sweeper.search_space(["y=choice(1, 2)"])
     assert [str(w.message).splitlines()[0] for w in caught] == [
         "`hydra.sweeper.search_space` is deprecated and will be removed in the next major release."
     ]
-    assert sweeper.search_space(["y=choice(1, 2)"])[1] == {
-        "x": FloatDistribution(-5.5, 5.5, step=0.5),
-        "y": CategoricalDistribution([1, 2]),
-    }
+    assert space == {"x": FloatDistribution(-5.5, 5.5, step=0.5), "y": CategoricalDistribution([1, 2])}
+    both = DbexpOptunaSweeper(None, "minimize", None, "s", 1, 1, 0.0, search_space=typed, params={"z": "choice(1)"})
     with pytest.warns(UserWarning, match="Both hydra.sweeper.params and hydra.sweeper.search_space"):
-        both = DbexpOptunaSweeper(None, "minimize", None, "s", 1, 1, 0.0, search_space=typed, params={"z": "choice(1)"})
-    assert set(both.search_space([])[1]) == {"z"}
+        assert set(both.search_space([])[1]) == {"z"}

@@ -3,10 +3,18 @@ under ``hydra/sweeper/sampler`` with the names hydra-optuna-sweeper uses, so a s
 that plugin runs after changing only ``override hydra/sweeper: optuna`` to ``dbexp_optuna``."""
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Direction(Enum):
+    """hydra-optuna-sweeper's enum for ``direction`` (``direction: minimize`` in YAML is the same)."""
+
+    minimize = 1
+    maximize = 2
 
 
 @dataclass
@@ -58,10 +66,26 @@ class NSGAIISamplerConfig:
 
 
 @dataclass
+class MOTPESamplerConfig:
+    """hydra-optuna-sweeper's ``motpe``: Optuna 4 removed MOTPESampler, its TPE sampler takes several
+    objectives. The sweeper passes ``n_ehvi_candidates`` on as TPE's ``n_ei_candidates``."""
+
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = None
+    consider_prior: bool | None = None  # deprecated by Optuna, as are the next three: passed only when set
+    prior_weight: float | None = None
+    consider_magic_clip: bool | None = None
+    consider_endpoints: bool | None = None
+    n_startup_trials: int = 10
+    n_ehvi_candidates: int = 24
+
+
+@dataclass
 class GridSamplerConfig:
     """The grid is built from the sweep's ``params`` (choice/range values)."""
 
     _target_: str = "optuna.samplers.GridSampler"
+    _partial_: bool = True  # hydra-optuna-sweeper's key (it filled the grid in later); the sweeper builds it
     search_space: dict[str, Any] | None = None
     seed: int | None = None
 
@@ -72,6 +96,21 @@ class QMCSamplerConfig:
     qmc_type: str = "sobol"
     scramble: bool = False
     seed: int | None = None
+    independent_sampler: Any | None = None
+    warn_asynchronous_seeding: bool = True
+    warn_independent_sampling: bool = True
+
+
+@dataclass
+class GPSamplerConfig:
+    """Gaussian-process Bayesian optimization (Optuna's GPSampler; Hydra's next plugin release has it)."""
+
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: int | None = None
+    independent_sampler: Any | None = None
+    n_startup_trials: int = 10
+    deterministic_objective: bool = False
+    constraints_func: Any | None = None
     warn_independent_sampling: bool = True
 
 
@@ -143,8 +182,10 @@ SAMPLERS = {
     "random": RandomSamplerConfig,
     "cmaes": CmaEsSamplerConfig,
     "nsgaii": NSGAIISamplerConfig,
+    "motpe": MOTPESamplerConfig,
     "grid": GridSamplerConfig,
     "qmc": QMCSamplerConfig,
+    "gp": GPSamplerConfig,
 }
 for name, node in SAMPLERS.items():
     store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="dbexp")

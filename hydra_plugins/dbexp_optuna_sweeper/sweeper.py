@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,22 @@ def distribution(override: Override) -> BaseDistribution | None:
             return IntDistribution(value.start, value.end, log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
     raise ValueError(f"{override.input_line}: use choice, range, interval, int(interval) or tag(log, interval)")
+
+
+def params_from_overrides(lines: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """Sweep overrides split as hydra-optuna-sweeper splits them: distributions by key, and fixed values
+    (as written: ``key2=5`` gives ``{"key2": "5"}``) by key. A key given again replaces its earlier form."""
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(lines):
+        key, dist = override.get_key_element(), distribution(override)
+        if dist is None:
+            fixed[key] = override.get_value_element_as_str()
+            space.pop(key, None)
+        else:
+            space[key] = dist
+            fixed.pop(key, None)
+    return space, fixed
 
 
 #: Hydra's page on the 1.1 → 1.2 change of the sweeper's search space.
@@ -204,16 +221,14 @@ class DbexpOptunaSweeper(Sweeper):
         n_trials_in_total: bool = True,
     ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
-        self.directions = (
-            [str(d) for d in direction]
-            if isinstance(direction, Sequence | ListConfig) and not isinstance(direction, str)
-            else [str(direction)]
-        )
+        several = isinstance(direction, Sequence | ListConfig) and not isinstance(direction, str)
+        # "minimize", or hydra-optuna-sweeper's Direction.minimize (config.Direction)
+        self.directions = [d.name if isinstance(d, Enum) else str(d) for d in (direction if several else [direction])]
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
         self.n_trials_in_total = n_trials_in_total
         self.params = dict(params or {})
-        self.typed_space = space_from_search_space(search_space, given_params=params is not None)
+        self.typed_search_space, self.given_params = search_space, params is not None
         self.custom_search_space = custom_search_space
         self.heartbeat_interval = max(1, heartbeat_interval)
         self.grace_period = grace_period if grace_period is not None else 3 * self.heartbeat_interval
@@ -255,27 +270,23 @@ class DbexpOptunaSweeper(Sweeper):
 
     # --- the search space ---------------------------------------------------------------------------
     def search_space(self, arguments: list[str]) -> tuple[list[str], dict[str, BaseDistribution]]:
-        """Fixed overrides and distributions: ``params`` from the config, then sweeps on the command line."""
-        parser = OverridesParser.create()
-        lines = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
-        fixed: dict[str, str] = {}
-        space: dict[str, BaseDistribution] = dict(self.typed_space)
-        for override in parser.parse_overrides(lines):
-            key = override.get_key_element()
-            dist = distribution(override)
-            if dist is None:
-                fixed[key] = override.input_line
-                space.pop(key, None)
-            else:
-                space[key] = dist
-                fixed.pop(key, None)
-        return list(fixed.values()), space
+        """Fixed overrides and distributions: the deprecated typed ``search_space``, then ``params`` from the
+        config, then the command line (a later form of a key replaces an earlier one)."""
+        typed = space_from_search_space(self.typed_search_space, self.given_params)
+        space, fixed = params_from_overrides([f"{key}={value}" for key, value in self.params.items()] + arguments)
+        space = {key: dist for key, dist in typed.items() if key not in fixed} | space
+        return [f"{key}={value}" for key, value in fixed.items()], space
 
     def make_sampler(self, space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
         if self.sampler_cfg is None:
             return optuna.samplers.TPESampler()
         # Unset (null) keys keep Optuna's own defaults (and do not trip its deprecation warnings).
         given = {k: v for k, v in OmegaConf.to_container(self.sampler_cfg).items() if v is not None}
+        given.pop("_partial_", None)  # hydra-optuna-sweeper's grid key: the grid is built here, not later
+        if given["_target_"].endswith("MOTPESampler"):  # removed in Optuna 4: TPE takes several objectives
+            given["_target_"] = "optuna.samplers.TPESampler"
+        if "n_ehvi_candidates" in given:  # MOTPE's name for TPE's n_ei_candidates
+            given["n_ei_candidates"] = given.pop("n_ehvi_candidates")
         if given["_target_"].endswith("GridSampler"):
             given["search_space"] = {name: grid_values(dist) for name, dist in space.items()}
             given["_target_"] = f"{__name__}.SweepGridSampler"
@@ -437,12 +448,13 @@ class DbexpOptunaSweeper(Sweeper):
 
     def check_failure_rate(self, study: optuna.Study) -> None:
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-        failed = sum(t.state == TrialState.FAIL for t in finished)
-        if finished and failed / len(finished) > self.max_failure_rate:
+        failed = [t for t in finished if t.state == TrialState.FAIL]
+        if finished and len(failed) / len(finished) > self.max_failure_rate:
             self.write_results(study)
+            last = failed[-1].user_attrs.get("fail_reason", "no reason recorded")
             raise RuntimeError(
-                f"{failed} of {len(finished)} trials failed, more than max_failure_rate={self.max_failure_rate}; "
-                f"reasons are in the study's user attributes (fail_reason)"
+                f"{len(failed)} of {len(finished)} trials failed, more than max_failure_rate={self.max_failure_rate}; "
+                f"the last one (trial {failed[-1].number}): {last} (each trial's reason: its fail_reason attribute)"
             )
 
     def write_results(self, study: optuna.Study) -> None:
