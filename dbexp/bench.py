@@ -1,4 +1,4 @@
-"""``python -m dbexp.bench prior|cache|reuse|pruning|train [overrides]``: speed and memory, as tables (not tests).
+"""``python -m dbexp.bench prior|cache|reuse|pruning|signals|train [overrides]``: speed, memory, signals, as tables.
 
 * ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
   cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
@@ -8,6 +8,9 @@
 * ``pruning``: the toy sweep (``sweeps/toy_lr_prior_guidance.yaml``, ``--trials`` trials, TPE with a
   fixed seed) without a pruner and with the median pruner: training steps spent and the best
   objective of each (goal: ≤ 0.5 of the steps at a best objective within 2 %).
+* ``signals``: one toy sweep without pruning that measures the fast evaluation subset and the validation
+  loss every ``--every`` steps: how well each in-training signal, at each step, ranks the trials as their
+  final values do (Spearman), and what one measurement costs — the choice of a pruning signal.
 * ``reuse``: a sweep trial that differs from a finished one in guidance only (it reuses the trained
   weights and samples + evaluates) ÷ a trial that trains (goal ≤ 0.1). Both are whole runs after a
   warm-up run has filled the caches a sweep's later trials find (model, class images, metric models).
@@ -126,37 +129,102 @@ def bench_reuse(root: Path, overrides: list[str]) -> dict:
     return {"train_seconds": rows[1][2], "reuse_seconds": rows[2][2], "ratio": ratio, "ratio_beside_eval": beside}
 
 
+def toy_sweep(root: Path, name: str, pruner: str, trials: int, overrides: list[str]) -> tuple[Path, str, float]:
+    """The toy sweep preset into ``root/name`` (its folder, storage URL and wall seconds)."""
+    folder, storage = root / name, f"sqlite:///{root / name}.db"
+    command = [
+        sys.executable,
+        "-m",
+        "dbexp.train",
+        "--multirun",
+        "--config-name=toy_lr_prior_guidance",
+        f"hydra/sweeper/pruner={pruner}",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.n_trials={trials}",
+        f"paths.root_dir={folder}",
+        f"paths.log_dir={folder}",
+        f"paths.runs_dir={folder / 'runs'}",
+        f"paths.cache_dir={root / 'cache'}",  # shared: class images made once
+        "reuse_trained=false",  # the same proposals must train again, not reuse another sweep's weights
+        "callbacks.progress_bar=null",
+        *overrides,
+    ]
+    announce(f"sweep with pruner={pruner}: {trials} trials into {folder}")
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return folder, storage, time.perf_counter() - start
+
+
+def trial_metrics(folder: Path) -> list[dict]:
+    """Each trial's metrics.json of a sweep folder, in trial order."""
+    files = sorted(folder.glob("**/multiruns/*/*/metrics.json"), key=lambda m: int(m.parent.name))
+    return [json.loads(m.read_text()) for m in files]
+
+
+#: (in-training signal, the final value it should predict): the validation losses against what each stands
+#: for, the fast evaluation subset against its own final value, and each against the sweep's objective.
+SIGNAL_PAIRS = [
+    ("val/loss_prior", "eval/pres"),
+    ("val/loss_instance", "eval/subject_fidelity"),
+    ("eval/subject_fidelity", "eval/subject_fidelity"),
+    ("eval/prompt_fidelity", "eval/prompt_fidelity"),
+    ("eval/pres", "eval/pres"),
+    ("eval/score", "eval/score"),
+    ("val/loss_prior", "eval/score"),
+    ("val/loss_instance", "eval/score"),
+]
+
+
+def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int = 50) -> dict:
+    """One toy sweep without pruning, measuring the fast subset and the validation loss every ``every``
+    steps: the Spearman rank correlation, over trials, of each in-training signal at each step with a final
+    value (``SIGNAL_PAIRS``). A signal that ranks trials as their final values do can prune them early."""
+    from scipy.stats import spearmanr
+
+    during = [f"eval.metrics_every_n_steps={every}", f"eval.val_every_n_steps={every}"]
+    folder, _, seconds = toy_sweep(root, "signals", "none", trials, [*during, *overrides])
+    runs = [m for m in trial_metrics(folder) if "in_training" in m]
+    steps = sorted({int(s) for m in runs for s in m["in_training"]} - {0})
+    table: dict[str, dict[str, float]] = {}
+    for signal, final in SIGNAL_PAIRS:
+        row = {}
+        for step in steps:
+            pairs = [
+                (m["in_training"][str(step)][signal], m[final])
+                for m in runs
+                if signal in m["in_training"].get(str(step), {}) and final in m
+            ]
+            if len(pairs) >= 3:
+                row[str(step)] = float(spearmanr(*zip(*pairs, strict=True)).statistic)
+        table[f"{signal} ~ final {final}"] = row
+    costs = {
+        name: statistics.mean(v[name] for m in runs for s, v in m["in_training"].items() if name in v and s != "0")
+        for name in ("eval/seconds", "val/seconds")
+    }
+    heading = f"dbexp bench signals — toy sweep, {len(runs)} trials, no pruning, every {every} steps"
+    print(f"\n{heading}: {device_description()}")
+    print("Spearman rank correlation over trials (±1: ranks trials as the final value does; a loss predicts")
+    print("a metric that is better higher with a negative sign)")
+    width = max(len(k) for k in table)
+    print(f"{'signal at step':<{width}} " + " ".join(f"{s:>6}" for s in steps))
+    for name, row in table.items():
+        print(f"{name:<{width}} " + " ".join(f"{row[str(s)]:>+6.2f}" if str(s) in row else f"{'—':>6}" for s in steps))
+    print(
+        f"cost of one measurement: fast evaluation subset {costs['eval/seconds']:.2f} s, validation loss "
+        f"{costs['val/seconds']:.2f} s; sweep {seconds:.0f} s"
+    )
+    return {"spearman": table, "seconds_per_measurement": costs, "trials": len(runs), "sweep_seconds": seconds}
+
+
 def bench_pruning(root: Path, overrides: list[str], trials: int = 20) -> dict:
     """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner."""
     import optuna
 
     results = {}
     for pruner in ("none", "median"):
-        folder, storage = root / pruner, f"sqlite:///{root / pruner}.db"
-        command = [
-            sys.executable,
-            "-m",
-            "dbexp.train",
-            "--multirun",
-            "--config-name=toy_lr_prior_guidance",
-            f"hydra/sweeper/pruner={pruner}",
-            f"hydra.sweeper.storage={storage}",
-            f"hydra.sweeper.n_trials={trials}",
-            f"paths.root_dir={folder}",
-            f"paths.log_dir={folder}",
-            f"paths.runs_dir={folder / 'runs'}",
-            f"paths.cache_dir={root / 'cache'}",  # shared: class images made once
-            "reuse_trained=false",  # the same proposals must train again, not reuse the first sweep's weights
-            "callbacks.progress_bar=null",
-            *overrides,
-        ]
-        announce(f"sweep with pruner={pruner}: {trials} trials into {folder}")
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        seconds = time.perf_counter() - start
+        folder, storage, seconds = toy_sweep(root, pruner, pruner, trials, overrides)
         study = optuna.load_study(study_name="toy_lr_prior_guidance", storage=storage)
-        trial_metrics = folder.glob("**/multiruns/*/*/metrics.json")
-        steps = [json.loads(m.read_text()).get("train/steps_run", 0) for m in trial_metrics]
+        steps = [m.get("train/steps_run", 0) for m in trial_metrics(folder)]
         states = [t.state.name for t in study.trials]
         results[pruner] = {
             "steps": int(sum(steps)),
@@ -192,7 +260,7 @@ def print_flops(model_cfg, resolution: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "train"])
+    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "signals", "train"])
     ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
     ap.add_argument("--steps", type=int, default=100, help="cache, train: timed steps per run")
     ap.add_argument("--warmup", type=int, default=10, help="cache, train: untimed steps before them")
@@ -200,7 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--presets", default="default,24gb,16gb,12gb", help="train: memory presets (comma-separated)")
     ap.add_argument("--finetune", default="full,lora", help="train: fine-tuning modes (comma-separated)")
     ap.add_argument("--peak-tflops", type=float, help="train: the GPU's dense bf16 peak for MFU (else from its name)")
-    ap.add_argument("--trials", type=int, default=20, help="pruning: trials per sweep")
+    ap.add_argument("--trials", type=int, default=20, help="pruning, signals: trials per sweep")
+    ap.add_argument("--every", type=int, default=50, help="signals: steps between in-training measurements")
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
     args = ap.parse_intermixed_args(argv)
@@ -214,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
             numbers = bench_reuse(root, args.overrides)
         elif args.what == "pruning":
             numbers = bench_pruning(root, args.overrides, args.trials)
+        elif args.what == "signals":
+            numbers = bench_signals(root, args.overrides, args.trials, args.every)
         elif args.what == "train":
             from dbexp.bench_train import bench_train
 

@@ -163,6 +163,23 @@ class EvalConfig:
     subset_prompts: int = 4  # prompts of the fast subset
     subset_images_per_prompt: int = 2
     score: dict[str, float] | None = None  # eval/score = Σ weight · eval/<metric>; null: the suite's own weights
+    # The validation loss (dbexp.validation): the diffusion loss on fixed inputs, no sampling — val/loss_instance,
+    # val/loss_prior (on class images of the base model that training never sees), val/seconds.
+    val_every_n_steps: int = 0  # 0: off; else at step 0 and every N steps
+    val_class_images: int = 8  # class images of the validation set (0: no val/loss_prior)
+    val_timesteps: int = 4  # timesteps per image, spread over the schedule
+
+
+@dataclass
+class PruningConfig:
+    """``pruning`` (owner: ``dbexp.pruning``): what a sweep trial reports to the sweep's pruner
+    (``hydra/sweeper/pruner=median|…``), every time the run measures it during training."""
+
+    # null: the (first) optimized_metric, as the in-training evaluation measures it. Any in-training value:
+    # val/loss_prior, val/loss_instance (every eval.val_every_n_steps), eval/<metric> (every
+    # eval.metrics_every_n_steps), train/loss (every trainer.log_every_n_steps). Its direction comes from
+    # the metric registry (dbexp.metric_suites): a loss is reported negated to a study that maximizes.
+    metric: str | None = None
 
 
 @dataclass
@@ -184,6 +201,9 @@ class TrainConfig:
     seed: int = 0
     ckpt_path: str | None = None
     optimized_metric: Any = "train/loss"  # a metric name, or a list of names (multi-objective)
+    # best: with in-training measurements of the (first) optimized metric, the best step's weights are evaluated,
+    # exported and cached, and its values are the run's (metrics.json: best_step); last: the last step's.
+    objective_at: str = "best"
     export_pipeline: bool = True
     reuse_trained: bool | None = None  # null: in sweeps only (dbexp.trained_cache)
     model: ModelConfig = MISSING
@@ -193,6 +213,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     memory: MemoryConfig = MISSING
     eval: EvalConfig = MISSING
+    pruning: PruningConfig = field(default_factory=PruningConfig)
     paths: PathsConfig = MISSING
     trainer: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] | None = field(default_factory=dict)

@@ -34,6 +34,7 @@ ROLES: dict[str, str] = {
     "eval": EVALUATION,
     "model.eval_metrics": EVALUATION,  # which metric suite scores the model (eval.metrics=auto)
     "optimized_metric": EVALUATION,  # which metric the run returns
+    "pruning": EVALUATION,  # which value a sweep trial reports to the pruner
     "trainer.max_steps": LENGTH,
     "ckpt_path": NOTHING,  # a resumed run ends bit-identical to an uninterrupted one (test_checkpointing)
     "reuse_trained": NOTHING,

@@ -89,24 +89,32 @@ class DreamBoothModule(L.LightningModule):
         )
 
     @contextlib.contextmanager
-    def sampling(self, sampler_name: str | None = None) -> Iterator[StableDiffusionPipeline]:
-        """A pipeline over the live modules (what the model has learnt so far), in eval mode and without
-        grad; the previous mode comes back afterwards."""
+    def evaluating(self, offloaded: bool = True) -> Iterator[None]:
+        """Eval mode and no grad (with ``offloaded``, the offloaded frozen parts on the device); the previous
+        mode comes back afterwards."""
         was_training = self.training
         self.eval()
-        self._place_offloaded(self.device)
+        if offloaded:
+            self._place_offloaded(self.device)
         try:
             with torch.no_grad():
-                yield build_pipeline(
-                    self.vae,
-                    self.text_encoder,
-                    self.tokenizer,
-                    self.unet,
-                    sampler(self.inference_scheduler, sampler_name),
-                )
+                yield
         finally:
-            self._place_offloaded(torch.device("cpu"))
+            if offloaded:
+                self._place_offloaded(torch.device("cpu"))
             self.train(was_training)
+
+    @contextlib.contextmanager
+    def sampling(self, sampler_name: str | None = None) -> Iterator[StableDiffusionPipeline]:
+        """A pipeline over the live modules (what the model has learnt so far), while :meth:`evaluating`."""
+        with self.evaluating():
+            yield build_pipeline(
+                self.vae,
+                self.text_encoder,
+                self.tokenizer,
+                self.unet,
+                sampler(self.inference_scheduler, sampler_name),
+            )
 
     def _place_offloaded(self, device: torch.device) -> None:
         for name in self.offload:

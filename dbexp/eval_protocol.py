@@ -260,6 +260,7 @@ class EvalMetricsCallback(L.Callback):
         self.cfg, self.load_models, self.real_images = cfg, load_models, real_images
         self.prompts, self.resolution = prompts, resolution
         self._last_step: int | None = None
+        self.history: list[tuple[int, dict[str, float]]] = []  # (step, values): metrics.json's in_training
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         every, step = self.cfg.metrics_every_n_steps, trainer.global_step
@@ -279,6 +280,7 @@ class EvalMetricsCallback(L.Callback):
                 self.cfg.subset_images_per_prompt,
             )
         values = {k: v for k, v in result.metrics.items() if k.startswith("eval/")} | {"eval/seconds": result.seconds}
+        self.history.append((step, values))
         # Straight to the loggers, in the row of the step just taken (self.log would repeat the values
         # on every later row), and into callback_metrics for checkpoint monitors and pruners.
         for logger in trainer.loggers:

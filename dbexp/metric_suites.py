@@ -97,6 +97,11 @@ TRAINING = {
     "train/loss_instance": Metric("train/loss_instance", "instance loss", MINIMIZE),
     "train/loss_prior": Metric("train/loss_prior", "prior-preservation loss", MINIMIZE),
 }
+#: What the validation loss logs (``dbexp.validation``): the diffusion loss on fixed inputs.
+VALIDATION = {
+    "val/loss_instance": Metric("val/loss_instance", "validation loss, subject photos", MINIMIZE),
+    "val/loss_prior": Metric("val/loss_prior", "validation loss, base model's class images", MINIMIZE),
+}
 #: Prefixes under which a suite's metrics are logged: the run's (``eval/``), the base model's (``base/``),
 #: the subject photos' own reference (``real/``).
 PREFIXES = ("eval/", "base/", "real/")
@@ -149,8 +154,8 @@ def direction(metric_name: str) -> Direction | None:
     """Which way ``metric_name`` is better (``eval/<name>``, ``eval/<name>_cfg<scale>``, ``base/…``, ``real/…``,
     ``eval/score``, ``train/loss``, …), or None for a name no suite declares (another app's metric)."""
     name = _SCALE.sub("", str(metric_name))
-    if name in TRAINING:
-        return TRAINING[name].direction
+    if name in TRAINING or name in VALIDATION:
+        return (TRAINING | VALIDATION)[name].direction
     prefix = next((p for p in PREFIXES if name.startswith(p)), None)
     if prefix is None:
         return None

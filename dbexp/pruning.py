@@ -13,8 +13,35 @@ import math
 
 import lightning as L
 import optuna
+from omegaconf import DictConfig
+
+from dbexp import metric_suites
 
 log = logging.getLogger(__name__)
+
+
+def pruning_metric(cfg: DictConfig) -> str:
+    """``pruning.metric``, or the first ``optimized_metric``."""
+    if cfg.pruning.metric:
+        return str(cfg.pruning.metric)
+    names = cfg.optimized_metric
+    return str(names if isinstance(names, str) else names[0])
+
+
+def report_every(cfg: DictConfig, metric: str) -> int:
+    """How often the run measures ``metric`` during training (0: never)."""
+    if metric.startswith("val/"):
+        return int(cfg.eval.val_every_n_steps)
+    if metric.startswith("train/"):
+        return int(cfg.trainer.get("log_every_n_steps", 50))
+    return int(cfg.eval.metrics_every_n_steps)
+
+
+def report_sign(metric: str, study_direction: str) -> float:
+    """+1, or −1 for a metric better the other way than the study (a loss, in a study that maximizes):
+    Optuna's pruners compare reported values in the study's direction."""
+    better = metric_suites.direction(metric)
+    return -1.0 if better is not None and better != study_direction else 1.0
 
 
 class TrialPruned(optuna.TrialPruned):
@@ -22,11 +49,11 @@ class TrialPruned(optuna.TrialPruned):
 
 
 class PruningCallback(L.Callback):
-    """Reports ``metric`` every ``every_n_steps`` (after the in-training evaluation, which must come first
-    in the callback list) and stops training when the trial should be pruned."""
+    """Reports ``metric`` (× ``sign``) every ``every_n_steps`` (after the in-training evaluation or validation,
+    which must come first in the callback list) and stops training when the trial should be pruned."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, every_n_steps: int) -> None:
-        self.trial, self.metric, self.every = trial, metric, every_n_steps
+    def __init__(self, trial: optuna.Trial, metric: str, every_n_steps: int, sign: float = 1.0) -> None:
+        self.trial, self.metric, self.every, self.sign = trial, metric, every_n_steps, sign
         self.pruned_at: int | None = None
         self.reported: float | None = None
         self._last_step: int | None = None
@@ -41,7 +68,7 @@ class PruningCallback(L.Callback):
             value = trainer.callback_metrics.get(self.metric)
             if value is not None and math.isfinite(float(value)):
                 self.reported = float(value)
-                self.trial.report(self.reported, step)
+                self.trial.report(self.sign * self.reported, step)
                 prune = self.trial.should_prune()
         if trainer.world_size > 1:
             prune = trainer.strategy.broadcast(prune, src=0)

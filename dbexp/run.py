@@ -20,6 +20,7 @@ import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dbexp import metric_suites, trained_cache
+from dbexp.best_step import OBJECTIVE_AT, BestStepCallback
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from dbexp.console import announce
 from dbexp.datamodule import (
@@ -55,10 +56,12 @@ from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelParts, check_model_config, load_model
 from dbexp.optimization import check_optimizer_config
 from dbexp.prior_cache import check_prior_config, class_images, class_prompt, load_class_dir
-from dbexp.pruning import PruningCallback
+from dbexp.pruning import PruningCallback, pruning_metric, report_every, report_sign
 from dbexp.sampling import build_pipeline, sampler
 from dbexp.sweep_trial import pruning_trial
 from dbexp.tracking import check_logger_config, describe_run, log_run_files
+from dbexp.validation import ValidationLossCallback, build_validation_set, check_validation_config
+from dbexp.validation import metric_names as validation_metric_names
 
 log = logging.getLogger("dbexp.train")
 
@@ -77,6 +80,7 @@ class RunPlan:
     metric_suite: str  # a name in dbexp.metric_suites
     eval_prompts: EvalPrompts | None
     ckpt_path: str | None
+    validation_class_prompt: str | None = None  # the class prompt of the validation set (val/loss_prior)
     sharded: bool = False  # FSDP: no process holds the whole model, so nothing samples during the run
 
 
@@ -88,7 +92,10 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_optimizer_config(cfg.optimizer)
     check_memory_config(cfg.memory, cfg.optimizer.name)
     check_eval_config(cfg.eval)
+    check_validation_config(cfg.eval)
     check_logger_config(cfg.logger)
+    if cfg.objective_at not in OBJECTIVE_AT:
+        raise UserInputError(f"objective_at={cfg.objective_at}: use best or last")
     if int(cfg.trainer.get("max_steps", -1)) < 1:
         raise UserInputError("trainer.max_steps must be >= 1: DreamBooth training is counted in steps")
     sharded = check_sharding(cfg)
@@ -101,11 +108,24 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     evaluates = metric_suites.get(suite).evaluates
     if evaluates and not subject.class_noun:
         raise UserInputError("evaluation needs the subject's class: set data.class_noun=<noun> (or eval.metrics=none)")
-    available = DreamBoothModule.metric_names(prior) + eval_metric_names(cfg.eval, suite)
+    validation_class = class_prompt(cfg.prior, subject.class_noun) if subject.class_noun else None
+    available = (
+        DreamBoothModule.metric_names(prior)
+        + eval_metric_names(cfg.eval, suite)
+        + validation_metric_names(cfg.eval, validation_class is not None)
+    )
     for name in metric_list(cfg.optimized_metric):
         if name not in available:
             raise UserInputError(
                 f"optimized_metric={name}: this run does not log it; available: {', '.join(available)}"
+            )
+    if cfg.pruning.metric:
+        during = [n for n in available if n.startswith(("train/", "val/"))]
+        during += [n for n in eval_metric_names(cfg.eval, suite) if cfg.eval.metrics_every_n_steps]
+        if cfg.pruning.metric not in during:
+            raise UserInputError(
+                f"pruning.metric={cfg.pruning.metric}: this run does not measure it during training; "
+                f"measured during training: {', '.join(during)}"
             )
     return RunPlan(
         run_dir=Path(cfg.paths.output_dir),
@@ -117,6 +137,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         metric_suite=suite,
         eval_prompts=eval_prompts(cfg.eval, cfg.data.token, subject.class_noun) if evaluates else None,
         ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg, cfg.paths.runs_dir),
+        validation_class_prompt=validation_class,
         sharded=sharded,
     )
 
@@ -132,6 +153,7 @@ def check_sharding(cfg: DictConfig) -> bool:
         "eval.every_n_steps=0": cfg.eval.every_n_steps,
         "eval.at_start=false": cfg.eval.at_start,
         "eval.metrics_every_n_steps=0": cfg.eval.metrics_every_n_steps,
+        "eval.val_every_n_steps=0": cfg.eval.val_every_n_steps,
         "eval.final=false": cfg.eval.final,
         "export_pipeline=false": cfg.export_pipeline,
         "reuse_trained=false": cfg.reuse_trained,
@@ -267,9 +289,20 @@ class Stages:
             cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
         )
         module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded))
+        for callback in self.callbacks:
+            if isinstance(callback, ValidationLossCallback):
+                callback.vset = build_validation_set(
+                    cfg, parts, plan.instance_images, plan.instance_prompt, plan.validation_class_prompt, self.device
+                )
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics |= {"step": trainer.global_step, "train/steps_run": trainer.global_step - module.start_step}
+        history = in_training(self.callbacks)
+        best = next((c for c in self.callbacks if isinstance(c, BestStepCallback)), None)
+        if best is not None and (step := best.restore(module)) is not None:
+            metrics |= history[str(step)] | {"best_step": step}  # the objective as measured at the best step
+        if history:
+            metrics["in_training"] = history
         pruned = next((c for c in self.callbacks if isinstance(c, PruningCallback) and c.pruned_at is not None), None)
         if pruned is not None:
             metrics["pruned_at_step"] = pruned.pruned_at
@@ -350,16 +383,36 @@ def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Call
     if not plan.sharded:
         grids = SampleGridCallback(cfg.eval, plan.sample_prompts, cfg.data.resolution, plan.run_dir / "samples")
         callbacks.append(grids)
+    if cfg.eval.val_every_n_steps and not plan.sharded:
+        callbacks.append(ValidationLossCallback(cfg.eval))
     if plan.eval_prompts is not None and cfg.eval.metrics_every_n_steps:
         callbacks.append(
             EvalMetricsCallback(cfg.eval, metric_models, plan.instance_images, plan.eval_prompts, cfg.data.resolution)
         )
+    objectives = metric_list(cfg.optimized_metric)
+    measured = not objectives[0].startswith("train/")  # a training loss is one batch's: no step is best by it
+    if cfg.objective_at == "best" and measured and not plan.sharded and (every := report_every(cfg, objectives[0])):
+        callbacks.append(BestStepCallback(objectives, every))  # after what measures the objective
     trial = pruning_trial()
-    if trial is not None and not cfg.eval.metrics_every_n_steps:
-        log.warning("the sweep prunes, but this run reports nothing to prune on: set eval.metrics_every_n_steps")
-    elif trial is not None:  # after the evaluation: it reports what the evaluation just measured
-        callbacks.append(PruningCallback(trial, str(cfg.optimized_metric), cfg.eval.metrics_every_n_steps))
+    if trial is not None:
+        metric = pruning_metric(cfg)
+        every = report_every(cfg, metric)
+        if not every:
+            log.warning("the sweep prunes, but this run does not measure %s during training", metric)
+        else:  # after the evaluation and validation: it reports what they just measured
+            sign = report_sign(metric, trial.study.direction.name.lower())
+            callbacks.append(PruningCallback(trial, metric, every, sign))
     return callbacks
+
+
+def in_training(callbacks: list[L.Callback]) -> dict[str, dict[str, float]]:
+    """What the in-training evaluations and validations measured, by step (``metrics.json``'s ``in_training``:
+    ``{"100": {"val/loss_prior": …, "eval/score": …}}``), for the report, the best step and the signal study."""
+    steps: dict[int, dict[str, float]] = {}
+    for callback in callbacks:
+        for step, values in getattr(callback, "history", ()):
+            steps.setdefault(step, {}).update(values)
+    return {str(step): dict(sorted(values.items())) for step, values in sorted(steps.items())}
 
 
 def offloadable(cfg: DictConfig, encoded: Encoded) -> tuple[str, ...]:

@@ -62,7 +62,7 @@ LAYERS = [
     "errors console atomic_files extras fingerprint images tokenizer dreambench losses metrics sampling toy.world",
     "config config_roles metric_suites sweep_trial",
     "model_loading finetune memory optimization datamodule encoding_cache prior_cache trained_cache checkpointing "
-    "dreambooth_module metric_models toy.judge toy.oracle eval_protocol tracking export pruning",
+    "dreambooth_module metric_models toy.judge toy.oracle eval_protocol validation best_step tracking export pruning",
     "run",
     "train generate evaluate compare run_collection cache bench bench_harness bench_train toy.pretrain toy.subjects",
 ]

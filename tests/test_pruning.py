@@ -1,0 +1,31 @@
+"""What a sweep trial reports to the pruner: which value, how often, and which way is better."""
+
+import pytest
+
+from dbexp.errors import UserInputError
+from dbexp.pruning import pruning_metric, report_every, report_sign
+from dbexp.run import plan_run
+
+
+def test_the_pruning_metric_defaults_to_the_first_objective_and_is_measured_where_it_is_logged(make_cfg):
+    cfg = make_cfg("eval.val_every_n_steps=3", "eval.metrics_every_n_steps=2", "optimized_metric=[eval/dino,eval/pres]")
+    assert pruning_metric(cfg) == "eval/dino" and report_every(cfg, "eval/dino") == 2
+    assert report_every(cfg, "val/loss_prior") == 3
+    assert report_every(cfg, "train/loss") == cfg.trainer.log_every_n_steps
+    assert pruning_metric(make_cfg("pruning.metric=val/loss_prior")) == "val/loss_prior"
+
+
+def test_a_loss_is_reported_negated_to_a_study_that_maximizes():
+    assert report_sign("val/loss_prior", "maximize") == -1.0
+    assert report_sign("val/loss_prior", "minimize") == 1.0
+    assert report_sign("eval/score", "maximize") == 1.0
+    assert report_sign("eval/pres", "maximize") == -1.0
+    assert report_sign("another_apps/metric", "maximize") == 1.0  # no direction known: the study's
+
+
+def test_a_pruning_metric_the_run_does_not_measure_during_training_is_one_line(make_cfg):
+    plan_run(make_cfg("eval.val_every_n_steps=2", "pruning.metric=val/loss_prior"))
+    with pytest.raises(UserInputError, match=r"pruning.metric=val/loss_prior: this run does not measure it"):
+        plan_run(make_cfg("pruning.metric=val/loss_prior"))
+    with pytest.raises(UserInputError, match=r"pruning.metric=eval/dino: .* measured during training: train/loss"):
+        plan_run(make_cfg("pruning.metric=eval/dino"))  # evaluated after training only
