@@ -175,16 +175,15 @@ SIGNAL_PAIRS = [
 ]
 
 
-def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int = 50) -> dict:
-    """One toy sweep without pruning, measuring the fast subset and the validation loss every ``every``
-    steps: the Spearman rank correlation, over trials, of each in-training signal at each step with a final
-    value (``SIGNAL_PAIRS``). A signal that ranks trials as their final values do can prune them early."""
-    from scipy.stats import spearmanr
+def signal_table(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per ``SIGNAL_PAIRS`` row and evaluation step (step 0, the base model, aside): the Spearman rank
+    correlation, over the runs (``metrics.json`` contents with ``in_training``), of the signal at that step
+    with the run's final value; at least 3 runs measured, else no entry."""
+    import warnings
 
-    during = [f"eval.metrics_every_n_steps={every}", f"eval.val_every_n_steps={every}"]
-    folder, _, seconds = toy_sweep(root, "signals", "none", trials, [*during, *overrides])
-    runs = [m for m in trial_metrics(folder) if "in_training" in m]
-    steps = sorted({int(s) for m in runs for s in m["in_training"]} - {0})
+    from scipy.stats import ConstantInputWarning, spearmanr
+
+    steps = sorted({int(s) for m in runs for s in m.get("in_training", {})} - {0})
     table: dict[str, dict[str, float]] = {}
     for signal, final in SIGNAL_PAIRS:
         row = {}
@@ -192,11 +191,25 @@ def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int
             pairs = [
                 (m["in_training"][str(step)][signal], m[final])
                 for m in runs
-                if signal in m["in_training"].get(str(step), {}) and final in m
+                if signal in m.get("in_training", {}).get(str(step), {}) and final in m
             ]
             if len(pairs) >= 3:
-                row[str(step)] = float(spearmanr(*zip(*pairs, strict=True)).statistic)
+                with warnings.catch_warnings():  # a signal every run shares ranks nothing: NaN
+                    warnings.simplefilter("ignore", ConstantInputWarning)
+                    row[str(step)] = float(spearmanr(*zip(*pairs, strict=True)).statistic)
         table[f"{signal} ~ final {final}"] = row
+    return table
+
+
+def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int = 50) -> dict:
+    """One toy sweep without pruning, measuring the fast subset and the validation loss every ``every``
+    steps: :func:`signal_table` of its trials, and what one measurement of each costs. A signal that ranks
+    trials as their final values do can prune them early."""
+    during = [f"eval.metrics_every_n_steps={every}", f"eval.val_every_n_steps={every}"]
+    folder, _, seconds = toy_sweep(root, "signals", "none", trials, [*during, *overrides])
+    runs = [m for m in trial_metrics(folder) if "in_training" in m]
+    table = signal_table(runs)
+    steps = sorted({int(s) for row in table.values() for s in row})
     costs = {
         name: statistics.mean(v[name] for m in runs for s, v in m["in_training"].items() if name in v and s != "0")
         for name in ("eval/seconds", "val/seconds")
@@ -216,13 +229,15 @@ def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int
     return {"spearman": table, "seconds_per_measurement": costs, "trials": len(runs), "sweep_seconds": seconds}
 
 
-def bench_pruning(root: Path, overrides: list[str], trials: int = 20) -> dict:
-    """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner."""
+def bench_pruning(root: Path, overrides: list[str], trials: int = 20, pruned: list[str] | None = None) -> dict:
+    """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner
+    (``pruned``: overrides for that sweep only, e.g. the pruner's settings or ``pruning.metric``)."""
     import optuna
 
     results = {}
     for pruner in ("none", "median"):
-        folder, storage, seconds = toy_sweep(root, pruner, pruner, trials, overrides)
+        extra = [*overrides, *(pruned or [])] if pruner == "median" else overrides
+        folder, storage, seconds = toy_sweep(root, pruner, pruner, trials, extra)
         study = optuna.load_study(study_name="toy_lr_prior_guidance", storage=storage)
         steps = [m.get("train/steps_run", 0) for m in trial_metrics(folder)]
         states = [t.state.name for t in study.trials]
@@ -235,7 +250,10 @@ def bench_pruning(root: Path, overrides: list[str], trials: int = 20) -> dict:
             "seconds": seconds,
         }
     none, median = results["none"], results["median"]
-    print(f"\ndbexp bench pruning — toy sweep, {trials} trials each, TPE seed 0: {device_description()}")
+    seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweeper.sampler.seed=")), "0")
+    print(f"\ndbexp bench pruning — toy sweep, {trials} trials each, TPE seed {seed}: {device_description()}")
+    if pruned:
+        print(f"pruned sweep only: {' '.join(pruned)}")
     print(f"{'pruner':<8} {'steps':>7} {'best eval/score':>16} {'complete':>9} {'pruned':>7} {'seconds':>8}")
     for name, r in results.items():
         print(f"{name:<8} {r['steps']:>7} {r['best']:>16.4f} {r['complete']:>9} {r['pruned']:>7} {r['seconds']:>8.0f}")
@@ -269,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--finetune", default="full,lora", help="train: fine-tuning modes (comma-separated)")
     ap.add_argument("--peak-tflops", type=float, help="train: the GPU's dense bf16 peak for MFU (else from its name)")
     ap.add_argument("--trials", type=int, default=20, help="pruning, signals: trials per sweep")
+    ap.add_argument("--pruned", action="append", help="pruning: an override for the pruned sweep only (repeatable)")
     ap.add_argument("--every", type=int, default=50, help="signals: steps between in-training measurements")
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
@@ -282,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.what == "reuse":
             numbers = bench_reuse(root, args.overrides)
         elif args.what == "pruning":
-            numbers = bench_pruning(root, args.overrides, args.trials)
+            numbers = bench_pruning(root, args.overrides, args.trials, args.pruned)
         elif args.what == "signals":
             numbers = bench_signals(root, args.overrides, args.trials, args.every)
         elif args.what == "train":

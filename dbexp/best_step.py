@@ -9,7 +9,8 @@ measurement, a better value (in the metric's direction, from ``dbexp.metric_suit
 best: a CPU copy of the trained weights is kept (a full SD1.5 UNet: 3.4 GB of host memory; LoRA:
 megabytes). Several objectives: the step the first one prefers — it is always on the trial's own Pareto
 front over its steps; ties go to the next objective, then to the earlier step. Step 0 (the base model) is
-not a candidate. A resumed run keeps the best of the steps it ran itself.
+not a candidate. A resumed run keeps the best of the steps it ran itself. When training does not measure the
+objective, an early-stopping callback's signal picks the step (``callbacks=early_stopping``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,24 @@ import logging
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
 from dbexp import metric_suites
+from dbexp.errors import UserInputError
 
 log = logging.getLogger(__name__)
 OBJECTIVE_AT = ("best", "last")
+
+
+def check_early_stopping(callbacks_cfg) -> None:
+    """An early-stopping callback whose signal is never measured: one line, before anything loads."""
+    for name, node in (callbacks_cfg or {}).items():
+        if node and node.get("_target_") == f"{__name__}.EarlyStopping" and int(node.get("every_n_steps", 0)) < 1:
+            raise UserInputError(
+                f"callbacks.{name}: {node.get('monitor')} is never measured during training "
+                f"(every_n_steps={node.get('every_n_steps')}); set eval.val_every_n_steps=N for val/*, or "
+                f"eval.metrics_every_n_steps=N and callbacks.{name}.every_n_steps=N for eval/*"
+            )
 
 
 class BestStepCallback(L.Callback):
@@ -57,3 +71,40 @@ class BestStepCallback(L.Callback):
             missing, unexpected = module.load_state_dict(self.best_weights, strict=False)
             assert not unexpected, unexpected
         return self.best_step
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's early stopping, checked after each in-training measurement of ``monitor`` (every
+    ``every_n_steps``: DreamBooth has no validation loop, whose end Lightning's checks at), its mode from the
+    metric registry. Training stops when ``monitor`` has not improved by ``min_delta`` for ``patience``
+    measurements; with ``objective_at=best`` the run's weights are then its best step's."""
+
+    def __init__(self, monitor: str, every_n_steps: int, patience: int = 3, min_delta: float = 0.0, **kwargs) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps}: the steps between measurements of {monitor}")
+        direction = metric_suites.direction(monitor)
+        mode = "min" if direction == metric_suites.MINIMIZE else "max"
+        super().__init__(
+            monitor=monitor, patience=patience, min_delta=min_delta, mode=mode, check_on_train_epoch_end=False, **kwargs
+        )
+        self.every = every_n_steps
+        self._last_step: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        return None  # no validation loop: checked after the measurements instead
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every or step == self._last_step:
+            return
+        self._last_step = step
+        stop, reason = False, None
+        if trainer.is_global_zero:  # the measurements run on rank 0 only; its decision goes to every rank
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None:
+                stop, reason = self._evaluate_stopping_criteria(value.squeeze())  # Lightning's own criteria
+        if trainer.world_size > 1:
+            stop = trainer.strategy.broadcast(stop, src=0)
+        if stop:
+            trainer.should_stop = True
+            log.info("early stopping at step %d: %s", step, reason or "no improvement")

@@ -129,8 +129,11 @@ def plot_curves(collection: Collection, path: Path) -> Path | None:
         for run in collection.runs:
             if run.history.get(name):
                 steps, values = zip(*sorted(run.history[name]), strict=True)
-                ax.plot(steps, values, label=run.name, linestyle="-" if run.state == "COMPLETE" else "--")
-        ax.set_xlabel("step")
+                line = ax.plot(steps, values, label=run.name, linestyle="-" if run.state == "COMPLETE" else "--")[0]
+                if run.best_step in steps:  # the step whose weights are the run's
+                    value = values[steps.index(run.best_step)]
+                    ax.plot([run.best_step], [value], marker="*", markersize=11, color=line.get_color())
+        ax.set_xlabel("step (★: a run's best step)")
         ax.set_ylabel(name)
         if name == "train/loss":
             ax.set_yscale("log")
@@ -163,7 +166,7 @@ def write_report(collection: Collection, out: Path, max_runs: int = 12, max_samp
     ]
     rows = []
     for run in ranked:
-        cells = [run.name, run.state, _duration(run.seconds)]
+        cells = [run.label, run.state, _duration(run.seconds)]
         cells += [_fmt(run.params.get(p)) for p in params] + [_fmt(run.metrics.get(m)) for m in metrics]
         css = "best" if run.name in best else run.state.lower()
         rows.append(f'<tr class="{css}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
@@ -177,7 +180,10 @@ def write_report(collection: Collection, out: Path, max_runs: int = 12, max_samp
         )
         sample_rows.append(f"<tr><th>{html.escape(prompt)}<br><small>seed {seed}</small></th>{cells}</tr>")
     sample_header = "<th></th>" + "".join(f"<th>{html.escape(r.name)}</th>" for r in shown)
-    what = "Pareto front" if len(collection.directions) > 1 else "best run"
+    if len(collection.directions) > 1:
+        what = "Pareto front"
+    else:
+        what = "best run" + "".join(f": {r.label}" for r in ranked if r.name in best)
     objective = ", ".join(f"{m} ({d})" for m, d in zip(collection.objectives, collection.directions, strict=True))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dbexp compare — {html.escape(collection.title)}</title>

@@ -20,7 +20,7 @@ import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dbexp import metric_suites, trained_cache
-from dbexp.best_step import OBJECTIVE_AT, BestStepCallback
+from dbexp.best_step import OBJECTIVE_AT, BestStepCallback, EarlyStopping, check_early_stopping
 from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from dbexp.console import announce
 from dbexp.datamodule import (
@@ -96,6 +96,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_logger_config(cfg.logger)
     if cfg.objective_at not in OBJECTIVE_AT:
         raise UserInputError(f"objective_at={cfg.objective_at}: use best or last")
+    check_early_stopping(cfg.callbacks)
     if int(cfg.trainer.get("max_steps", -1)) < 1:
         raise UserInputError("trainer.max_steps must be >= 1: DreamBooth training is counted in steps")
     sharded = check_sharding(cfg)
@@ -389,10 +390,8 @@ def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Call
         callbacks.append(
             EvalMetricsCallback(cfg.eval, metric_models, plan.instance_images, plan.eval_prompts, cfg.data.resolution)
         )
-    objectives = metric_list(cfg.optimized_metric)
-    measured = not objectives[0].startswith("train/")  # a training loss is one batch's: no step is best by it
-    if cfg.objective_at == "best" and measured and not plan.sharded and (every := report_every(cfg, objectives[0])):
-        callbacks.append(BestStepCallback(objectives, every))  # after what measures the objective
+    if cfg.objective_at == "best" and not plan.sharded and (best := best_step_metrics(cfg, callbacks)):
+        callbacks.append(BestStepCallback(best, report_every(cfg, best[0])))  # after what measures them
     trial = pruning_trial()
     if trial is not None:
         metric = pruning_metric(cfg)
@@ -403,6 +402,16 @@ def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Call
             sign = report_sign(metric, trial.study.direction.name.lower())
             callbacks.append(PruningCallback(trial, metric, every, sign))
     return callbacks
+
+
+def best_step_metrics(cfg: DictConfig, callbacks: list[L.Callback]) -> list[str]:
+    """What picks the best step: the objective when training measures it (a training loss, one batch's,
+    picks none), else an early-stopping callback's signal; nothing (the last step) otherwise."""
+    objectives = metric_list(cfg.optimized_metric)
+    if not objectives[0].startswith("train/") and report_every(cfg, objectives[0]):
+        return objectives
+    stopping = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+    return [stopping.monitor] if stopping is not None else []
 
 
 def in_training(callbacks: list[L.Callback]) -> dict[str, dict[str, float]]:

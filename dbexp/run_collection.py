@@ -24,7 +24,9 @@ from dbexp.errors import UserInputError
 from dbexp.sweep_trial import STUDY_ENV
 
 #: Metrics whose curves over training steps the report draws.
-CURVES = ("train/loss", "eval/score")
+#: What the report plots over training steps: the training loss, the in-training evaluation's score and the
+#: validation losses (the signals a sweep prunes on and picks the best step by).
+CURVES = ("train/loss", "eval/score", "val/loss_instance", "val/loss_prior")
 
 
 @dataclass
@@ -37,6 +39,17 @@ class RunRecord:
     seconds: float | None = None
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     samples: dict[tuple[str, int], Path] = field(default_factory=dict)  # (prompt, seed) → image
+
+    @property
+    def best_step(self) -> int | None:
+        """The step whose weights are the run's (``objective_at=best``), when it recorded one."""
+        step = self.metrics.get("best_step")
+        return int(step) if step is not None else None
+
+    @property
+    def label(self) -> str:
+        """``trial 7``, or ``trial 7, step 300`` with a best step."""
+        return self.name if self.best_step is None else f"{self.name}, step {self.best_step}"
 
 
 @dataclass
@@ -84,7 +97,7 @@ def from_sweep_folder(folder: Path) -> Collection:
                 metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
                 values=values,
                 seconds=seconds,
-                history=_csv_history(trial_dir / "csv" / "metrics.csv"),
+                history=_csv_history(trial_dir / "csv" / "metrics.csv") | _measured_history(metrics),
                 samples=_sample_files(trial_dir / "samples" / "final"),
             )
         )
@@ -159,6 +172,16 @@ def _csv_history(path: Path) -> dict[str, list[tuple[int, float]]]:
             for name in CURVES:
                 if row.get(name) not in (None, ""):
                     history.setdefault(name, []).append((int(float(row["step"])), float(row[name])))
+    return history
+
+
+def _measured_history(metrics: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
+    """The in-training measurements of ``metrics.json`` (``in_training``), at the steps they were taken."""
+    history: dict[str, list[tuple[int, float]]] = {}
+    for step, values in metrics.get("in_training", {}).items():
+        for name in CURVES:
+            if name in values:
+                history.setdefault(name, []).append((int(step), float(values[name])))
     return history
 
 

@@ -50,6 +50,25 @@ def test_bench_pruning_runs_both_sweeps_and_prints_steps_and_best(capsys, tmp_pa
     assert numbers["median"]["steps"] == 8  # the second sweep trains again (no reuse of the first's weights)
 
 
+def test_the_signal_table_ranks_each_signal_at_each_step_against_the_final_value():
+    """``bench signals``' table on made-up trials (its sweep is ``bench pruning``'s, tested above)."""
+    from dbexp.bench import SIGNAL_PAIRS, signal_table
+
+    runs = [
+        {
+            "eval/score": score,
+            "eval/pres": 0.1,
+            "in_training": {"0": {"val/loss_prior": 0.5}, "50": {"val/loss_prior": loss}, "100": {}},
+        }
+        for score, loss in [(1.0, 0.1), (0.8, 0.2), (0.5, 0.3), (0.2, 0.25)]
+    ]
+    table = signal_table(runs)
+    assert list(table) == [f"{a} ~ final {b}" for a, b in SIGNAL_PAIRS]
+    assert table["val/loss_prior ~ final eval/score"] == {"50": pytest.approx(-0.8)}  # ranks 1,2,4,3 vs 4,3,2,1
+    assert table["eval/score ~ final eval/score"] == {}  # never measured in training
+    assert table["val/loss_prior ~ final eval/pres"]["50"] != table["val/loss_prior ~ final eval/pres"]["50"]  # NaN
+
+
 def test_bench_train_prints_step_time_memory_and_the_bare_loop_ratio(tmp_path, capsys):
     main(
         ["train", "model=tiny", "--steps", "3", "--warmup", "1", "--rounds", "1", "--presets", "default,16gb"]

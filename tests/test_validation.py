@@ -114,3 +114,24 @@ def test_objective_at_best_evaluates_exports_and_caches_the_best_steps_weights(m
         )
         assert all(torch.equal(exported[k], v) for k, v in best.items())
     assert "best_step" not in run(make_cfg(*overrides, "objective_at=last", "reuse_trained=false", name="last"))
+
+
+def test_early_stopping_stops_when_the_signal_stalls_and_keeps_the_best_step(make_cfg):
+    metrics = run(
+        make_cfg(
+            "prior=none",
+            "eval.metrics=none",
+            "trainer.max_steps=6",
+            "optimizer.lr=3e-2",  # val/loss_instance: 1.37 at step 1, then 1.93 (measured, as above)
+            "eval.val_every_n_steps=1",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.monitor=val/loss_instance",
+            "callbacks.early_stopping.patience=1",
+            "export_pipeline=false",
+            name="stopped",
+        )
+    )
+    assert metrics["step"] == 2 and metrics["best_step"] == 1  # the objective (train/loss) picks no step
+    assert metrics["val/loss_instance"] == metrics["in_training"]["1"]["val/loss_instance"]
+    with pytest.raises(UserInputError, match=r"callbacks.early_stopping: val/loss_prior is never measured"):
+        plan_run(make_cfg("callbacks=early_stopping", name="unmeasured"))
