@@ -245,7 +245,8 @@ def test_a_trial_below_the_median_is_pruned_in_another_process(tmp_path, cache_d
         "hydra.sweeper.study_name=prune",
         "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=1",
-        "optimized_metric=train/loss",
+        "optimized_metric=train/loss",  # reported to the pruner each time it is logged:
+        "trainer.log_every_n_steps=2",  # every 2 steps
         "eval.metrics=tiny",
         "eval.final=false",
         "eval.metrics_every_n_steps=2",
