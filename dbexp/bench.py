@@ -32,13 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from dbexp.bench_harness import QUIET, compose_config, counted_flops, device_description
 from dbexp.config import check_moved_keys
 from dbexp.console import announce, quiet_known_noise
 from dbexp.errors import exit_on_user_error
 
 
 def bench_prior(root: Path, overrides: list[str]) -> dict:
+    from dbexp.bench_harness import compose_config, device_description
     from dbexp.datamodule import resolve_subject
     from dbexp.model_loading import load_model
     from dbexp.prior_cache import class_images, class_prompt
@@ -64,6 +64,7 @@ def bench_prior(root: Path, overrides: list[str]) -> dict:
 
 
 def bench_cache(root: Path, overrides: list[str], steps: int = 100, warmup: int = 10, rounds: int = 2) -> dict:
+    from dbexp.bench_harness import QUIET, compose_config, device_description
     from dbexp.train import run
 
     settings = {
@@ -100,6 +101,7 @@ def bench_cache(root: Path, overrides: list[str], steps: int = 100, warmup: int 
 
 
 def bench_reuse(root: Path, overrides: list[str]) -> dict:
+    from dbexp.bench_harness import compose_config, device_description
     from dbexp.train import run
 
     cache = f"paths.cache_dir={root / 'cache'}"
@@ -205,6 +207,8 @@ def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int
     """One toy sweep without pruning, measuring the fast subset and the validation loss every ``every``
     steps: :func:`signal_table` of its trials, and what one measurement of each costs. A signal that ranks
     trials as their final values do can prune them early."""
+    from dbexp.bench_harness import device_description
+
     during = [f"eval.metrics_every_n_steps={every}", f"eval.val_every_n_steps={every}"]
     folder, _, seconds = toy_sweep(root, "signals", "none", trials, [*during, *overrides])
     runs = [m for m in trial_metrics(folder) if "in_training" in m]
@@ -233,6 +237,8 @@ def bench_pruning(root: Path, overrides: list[str], trials: int = 20, pruned: li
     """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner
     (``pruned``: overrides for that sweep only, e.g. the pruner's settings or ``pruning.metric``)."""
     import optuna
+
+    from dbexp.bench_harness import device_description
 
     results = {}
     for pruner in ("none", "median"):
@@ -265,6 +271,8 @@ def bench_pruning(root: Path, overrides: list[str], trials: int = 20, pruned: li
 
 
 def print_flops(model_cfg, resolution: int) -> float:
+    from dbexp.bench_harness import counted_flops
+
     flops = counted_flops(model_cfg, resolution)
     uncached = flops["vae_encode"] + flops["text_encoder"] + 3 * flops["unet_forward"]  # UNet: forward + backward
     ratio = 3 * flops["unet_forward"] / uncached
@@ -318,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                 peak_tflops=args.peak_tflops,
             )
         elif args.flops_only:
+            from dbexp.bench_harness import compose_config
+
             cfg = compose_config(root, "flops", args.overrides)
             numbers = {"counted_ratio": print_flops(cfg.model, cfg.data.resolution)}
         else:

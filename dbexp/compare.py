@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
             collection = from_sweep_folder(source)
             out = args.out or source / "report"
         else:
-            from dbexp.tracking import default_mlflow_uri
+            from dbexp.sweep_tracking import default_mlflow_uri
 
             uri = args.tracking_uri or default_mlflow_uri("outputs")
             out = args.out or Path("outputs") / "compare" / args.source

@@ -17,17 +17,18 @@ from omegaconf import DictConfig
 from dbexp import metric_suites
 from dbexp.config import prepare_command_line
 from dbexp.console import announce, quiet_known_noise
-from dbexp.datamodule import check_data_config, load_subject_images, resolve_subject
 from dbexp.errors import UserInputError, exit_on_user_error
-from dbexp.eval_protocol import check_eval_config, check_score, eval_prompts, evaluate_at_scales, summary_table
-from dbexp.export import METADATA
-from dbexp.generate import load_pipeline
-from dbexp.metric_models import load_metric_models
-from dbexp.sampling import sampler
-from dbexp.tracking import open_loggers
 
 
 def run(cfg: DictConfig) -> dict:
+    # torch, diffusers, Lightning: loaded when the command runs (--help, --cfg job answer in a second)
+    from dbexp.datamodule import check_data_config, load_subject_images, resolve_subject
+    from dbexp.eval_protocol import check_eval_config, check_score, eval_prompts, evaluate_at_scales, summary_table
+    from dbexp.generate import load_pipeline
+    from dbexp.metric_models import load_metric_models
+    from dbexp.sampling import sampler
+    from dbexp.tracking import open_loggers
+
     quiet_known_noise()
     check_data_config(cfg.data)
     check_eval_config(cfg.eval)
@@ -61,6 +62,8 @@ def run(cfg: DictConfig) -> dict:
 
 def _suite(cfg: DictConfig) -> str:
     """``eval.metrics``; ``auto`` is the suite the exported model names (``dreambench`` when it names none)."""
+    from dbexp.export import METADATA
+
     if cfg.eval.metrics != "auto":
         return cfg.eval.metrics
     metadata = Path(cfg.pipeline).expanduser() / METADATA

@@ -1,6 +1,7 @@
 """``python -m dbexp.generate pipeline=<dir> prompt="a sks dog on the beach"``: images from an exported model.
 
-Image i uses seed ``seed + i``; the images and a grid go into this command's own run folder.
+Image i uses seed ``seed + i``; the images and a grid go into this command's own run folder. torch and
+diffusers load when the command runs, so ``--help``, ``--cfg job`` and a wrong key answer in a second.
 """
 
 from __future__ import annotations
@@ -11,24 +12,21 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from dbexp.config import MOVED_GENERATE_KEYS, prepare_command_line
 from dbexp.console import announce, quiet_known_noise
 from dbexp.errors import UserInputError, exit_on_user_error
-from dbexp.export import METADATA
 from dbexp.finetune import is_lora_export
-from dbexp.model_loading import hub_or_folder
-from dbexp.sampling import check_sampler, generate, make_grid, sampler
 
 log = logging.getLogger("dbexp.generate")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # torch's names
 
 
 def load_pipeline(folder: str, device: str, dtype: str):
     """An exported (or any diffusers) Stable Diffusion folder — or a LoRA export, put on the base model
     it names — on ``device`` in ``dtype``."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
     path = Path(folder).expanduser()
@@ -46,7 +44,7 @@ def load_pipeline(folder: str, device: str, dtype: str):
     if dtype not in DTYPES:
         raise UserInputError(f"dtype={dtype}: use auto, {', '.join(DTYPES)}")
     pipeline = StableDiffusionPipeline.from_pretrained(
-        source, dtype=DTYPES[dtype], safety_checker=None, requires_safety_checker=False, use_safetensors=True
+        source, dtype=getattr(torch, dtype), safety_checker=None, requires_safety_checker=False, use_safetensors=True
     )
     if lora:
         pipeline.load_lora_weights(path)
@@ -55,6 +53,9 @@ def load_pipeline(folder: str, device: str, dtype: str):
 
 def lora_base_folder(export: Path) -> Path:
     """The base model a LoRA export was trained on (its ``dbexp.json``): a folder, or a hub snapshot."""
+    from dbexp.export import METADATA
+    from dbexp.model_loading import hub_or_folder
+
     metadata = export / METADATA
     base = json.loads(metadata.read_text()).get("base", {}) if metadata.is_file() else {}
     source = base.get("pretrained")
@@ -65,6 +66,8 @@ def lora_base_folder(export: Path) -> Path:
 
 
 def run(cfg: DictConfig) -> list[Path]:
+    from dbexp.sampling import check_sampler, generate, make_grid, sampler
+
     if cfg.num_images < 1 or cfg.batch_size < 1 or cfg.num_inference_steps < 1:
         raise UserInputError("num_images, batch_size and num_inference_steps must each be >= 1")
     if cfg.resolution is not None and cfg.resolution % 8:

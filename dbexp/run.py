@@ -58,8 +58,9 @@ from dbexp.optimization import check_optimizer_config
 from dbexp.prior_cache import check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.pruning import PruningCallback, pruning_metric, report_every, report_sign
 from dbexp.sampling import build_pipeline, sampler
+from dbexp.sweep_tracking import check_logger_config
 from dbexp.sweep_trial import pruning_trial
-from dbexp.tracking import check_logger_config, describe_run, log_run_files
+from dbexp.tracking import describe_run, log_run_files
 from dbexp.validation import ValidationLossCallback, build_validation_set, check_validation_config
 from dbexp.validation import metric_names as validation_metric_names
 

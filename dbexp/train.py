@@ -3,7 +3,8 @@
 compose (Hydra, schemas in ``dbexp.config``) → plan (every check, before anything loads) → load the base
 model → fit, or reuse weights trained the same way → evaluate → export → return the objective.
 Each line below is one stage in ``dbexp.run``, which calls the module that owns its config group
-(``docs/architecture.md`` has the map).
+(``docs/architecture.md`` has the map). The stages (torch, diffusers, Lightning: ~10 s to import) load when a
+run starts, so ``--help``, ``--cfg job`` and a wrong key answer in a second.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from omegaconf import DictConfig
 from dbexp.config import prepare_command_line
 from dbexp.console import quiet_known_noise
 from dbexp.errors import exit_on_user_error
-from dbexp.run import Stages, objective, plan_run, start
-from dbexp.tracking import open_loggers
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """One DreamBooth run; returns the final metrics (also written to ``<run dir>/metrics.json``)."""
+    from dbexp.run import Stages, plan_run, start
+    from dbexp.tracking import open_loggers
+
     quiet_known_noise()
     plan = plan_run(cfg)  # configs, folders, photos, checkpoint: one clear line before anything heavy
     start(cfg, plan)  # the run folder announced, the config saved, the seeds set
@@ -44,6 +46,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
+    from dbexp.run import objective
+
     with exit_on_user_error():
         return objective(run(cfg), cfg.optimized_metric)
 

@@ -59,8 +59,9 @@ def _graph() -> dict[str, set[str]]:
 #: The layers of docs/architecture.md ("Dependencies point one way"): a module imports only from its own layer
 #: and the ones before it.
 LAYERS = [
-    "errors console atomic_files extras fingerprint images tokenizer dreambench losses metrics sampling toy.world",
-    "config config_roles metric_suites sweep_trial",
+    "errors console atomic_files redaction extras fingerprint images tokenizer dreambench losses metrics sampling "
+    "toy.world",
+    "config config_roles metric_suites sweep_trial sweep_tracking",
     "model_loading finetune memory optimization datamodule encoding_cache prior_cache trained_cache checkpointing "
     "dreambooth_module metric_models toy.judge toy.oracle eval_protocol validation best_step tracking export pruning",
     "run",

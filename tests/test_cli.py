@@ -12,6 +12,9 @@ from dbexp.dreambench import BUNDLED_ROOT
 from tests.conftest import run_cli
 
 FAST = ["debug=fast", "callbacks.progress_bar=null"]
+#: What a run needs and a question about the command does not (~10 s to import on two cores).
+HEAVY = ("torch", "lightning", "diffusers", "transformers", "peft")
+COMMANDS = ("dbexp.train", "dbexp.generate", "dbexp.evaluate", "dbexp.compare", "dbexp.cache", "dbexp.bench")
 
 
 def _one_error_line(stderr: str) -> str:
@@ -37,9 +40,24 @@ def test_bad_input_exits_2_with_one_line_before_any_model_loads(tmp_path):
 
 
 def test_unknown_group_option_is_refused_by_hydra(tmp_path):
-    result = run_cli("dbexp.train", "model=sd99", cwd=tmp_path)
+    result = run_cli("dbexp.train", "model=sd99", cwd=tmp_path, hide=HEAVY)  # before torch loads
     assert result.returncode != 0
     assert "sd99" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_answers_before_torch_loads(tmp_path, command):
+    result = run_cli(command, "--help", cwd=tmp_path, hide=HEAVY)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
+
+
+def test_a_composed_config_and_a_wrong_key_answer_before_torch_loads(tmp_path):
+    shown = run_cli("dbexp.train", "--config-name", "quick_cpu", "--cfg", "job", cwd=tmp_path, hide=HEAVY)
+    assert shown.returncode == 0 and "task_name: sweep_quick_cpu" in shown.stdout, shown.stderr[-2000:]
+    for command, key in [("dbexp.train", "trainer.max_stepz=3"), ("dbexp.generate", "num_imagez=2")]:
+        wrong = run_cli(command, key, cwd=tmp_path, hide=HEAVY)
+        assert wrong.returncode != 0 and key.split("=")[0] in wrong.stderr, wrong.stderr[-2000:]
+        assert "No module named" not in wrong.stderr
 
 
 def test_offline_hub_id_gives_one_line_with_the_fix(tmp_path):

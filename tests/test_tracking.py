@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dbexp.tracking import flat_params, redact
+from dbexp.redaction import redact
+from dbexp.tracking import flat_params
 from dbexp.train import run
 from tests.conftest import FAST, compose_train, run_cli
 from tests.helpers import wandb_records
@@ -184,13 +185,14 @@ def test_the_compare_report_renders_in_a_browser(mlflow_sweep, source, browser, 
 
 
 def _serve(target: str, *variables: str):
-    """``make <target> VAR=…`` in its own process group; the caller kills the group."""
+    """``make <target> VAR=…`` in its own process group; the caller kills the group. ``-o``: the venv stamp is
+    not remade, as it would be (a new venv under the running suite) where the lock is newer than the stamp."""
     import subprocess
 
     from tests.conftest import REPO
 
     return subprocess.Popen(
-        ["make", "-C", str(REPO), target, *variables],
+        ["make", "-C", str(REPO), "-o", ".venv/.installed", target, *variables],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
