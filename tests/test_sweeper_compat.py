@@ -80,20 +80,19 @@ def _study(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=storage).trials
 
 
+def _sphere_sweep(tmp_path, study: str) -> tuple[str, list[str]]:
+    """The storage and the multirun arguments of a random-sampler sweep of the example app, one trial a batch."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = ["--multirun", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.job.chdir=True", "hydra.sweeper.n_jobs=1"]
+    args += [f"hydra.sweeper.storage={storage}", f"hydra.sweeper.study_name={study}", "hydra/sweeper/sampler=random"]
+    return storage, args
+
+
 def test_the_same_command_again_continues_the_study_to_n_trials_in_total(tmp_path):
     """Deliberately different: hydra-optuna-sweeper runs n_trials more each time; dbexp finishes the study
     (a resume after a crash does not overshoot). ``n_trials_in_total=false`` is the official behaviour."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = [
-        "--multirun",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "hydra.job.chdir=True",
-        "hydra.sweeper.n_jobs=1",
-        f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.study_name=resume",
-        "hydra/sweeper/sampler=random",
-        "hydra.sweeper.sampler.seed=123",
-    ]
+    storage, args = _sphere_sweep(tmp_path, "resume")
+    args.append("hydra.sweeper.sampler.seed=123")
     for n_trials, expected in ((3, 3), (4, 4), (4, 4)):
         result = script(SPHERE, *args, f"hydra.sweeper.n_trials={n_trials}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -110,17 +109,8 @@ def test_max_failure_rate_counts_over_the_whole_study(tmp_path):
     """Deliberately different: hydra-optuna-sweeper compares the failures of each batch of n_jobs trials,
     so its first failing batch of one ends the sweep (1 of 1 > 0.5); dbexp counts every finished trial
     of the study (a resumed study keeps its record), here 2 failures of 6 ≤ 0.5."""
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    args = [
-        "--multirun",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        "hydra.job.chdir=True",
-        "hydra.sweeper.n_jobs=1",
-        f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.study_name=failures",
-        "hydra.sweeper.max_failure_rate=0.5",
-        "hydra/sweeper/sampler=random",
-    ]
+    storage, args = _sphere_sweep(tmp_path, "failures")
+    args.append("hydra.sweeper.max_failure_rate=0.5")
     good = script(SPHERE, *args, "hydra.sweeper.n_trials=4", cwd=tmp_path)
     assert good.returncode == 0, good.stderr[-3000:]
     failing = script(
