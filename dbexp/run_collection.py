@@ -23,7 +23,6 @@ from dbexp.config_roles import shows_in_report
 from dbexp.errors import UserInputError
 from dbexp.sweep_trial import STUDY_ENV
 
-#: Metrics whose curves over training steps the report draws.
 #: What the report plots over training steps: the training loss, the in-training evaluation's score and the
 #: validation losses (the signals a sweep prunes on and picks the best step by).
 CURVES = ("train/loss", "eval/score", "val/loss_instance", "val/loss_prior")
