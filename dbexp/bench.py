@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal as signals
 import statistics
 import subprocess
 import sys
@@ -153,8 +154,28 @@ def toy_sweep(root: Path, name: str, pruner: str, trials: int, overrides: list[s
     ]
     announce(f"sweep with pruner={pruner}: {trials} trials into {folder}")
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    run_child(command)
     return folder, storage, time.perf_counter() - start
+
+
+def run_child(command: list[str]) -> None:
+    """Run ``command`` to its end; a bench that is stopped (Ctrl-C, ``kill``) stops it too."""
+    child = subprocess.Popen(command)
+    try:
+        if child.wait():
+            raise subprocess.CalledProcessError(child.returncode, command)
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _stop(signum, frame) -> None:
+    """SIGTERM ends the bench as Ctrl-C does: its sweep stops and its temporary folder goes."""
+    raise SystemExit(128 + signum)
 
 
 def trial_metrics(folder: Path) -> list[dict]:
@@ -302,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_intermixed_args(argv)
     check_moved_keys(args.overrides)
     quiet_known_noise()
+    signals.signal(signals.SIGTERM, _stop)
     with exit_on_user_error(), tempfile.TemporaryDirectory(prefix="dbexp-bench-") as tmp:
         root = Path(tmp)
         if args.what == "prior":

@@ -94,3 +94,29 @@ def test_train_step_flops_count_the_passes_that_train(tmp_path):
     unet = counted_flops(full.model, 512)["unet_forward"]
     assert step_flops(full) == pytest.approx(3 * unet * 2)  # forward + backward, instance + class sample
     assert step_flops(lora) == pytest.approx(2 * unet * 2)  # frozen weights: no weight gradients
+
+
+def test_a_stopped_bench_stops_its_sweep(tmp_path):
+    """``kill`` of a bench (SIGTERM) ends the sweep it started, not only the bench."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(120)"
+    bench = (
+        "import signal, sys; from dbexp.bench import _stop, run_child; signal.signal(signal.SIGTERM, _stop); "
+        f"run_child([sys.executable, '-c', {child!r}])"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", bench])
+    for _ in range(600):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    sweep_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # the child has been stopped and reaped
+        os.kill(sweep_pid, 0)
