@@ -1,7 +1,9 @@
-"""Checkpoints: atomic, weights-only writes and reads; ``ckpt_path=last`` finds the run to resume."""
+"""Checkpoints: atomic, weights-only writes and reads; one copy per saved step (``last.ckpt`` links to the
+newest); ``ckpt_path=last`` finds the run to resume."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` every N steps that also saves when training ends between two of them."""
+    """``ModelCheckpoint`` every N steps that also saves when training ends between two of them; with
+    ``save_last: link``, ``last.ckpt`` is a link to the newest step file, never a second copy."""
+
+    @staticmethod
+    def _link_checkpoint(trainer, filepath: str, linkpath: str) -> None:
+        """Point ``linkpath`` at ``filepath``: a relative symbolic link (a hard link where the file system has
+        none) made beside it and renamed over the old one, so a kill leaves the previous link in place.
+        Lightning's own removes the old link first and falls back to copying the file."""
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            with atomic_path(linkpath) as staging:
+                try:
+                    os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), staging)
+                except OSError:
+                    os.link(filepath, staging)
+        trainer.strategy.barrier()
+
+    def _remove_checkpoint(self, trainer, filepath: str) -> None:
+        """Before a step file ``last.ckpt`` links to goes (``save_top_k: 1``), link it to the new one."""
+        last = os.path.join(self.dirpath or "", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        newest, going = self._last_checkpoint_saved, os.path.realpath(filepath)
+        points_there = os.path.islink(last) and os.path.realpath(last) == going
+        if self.save_last == "link" and points_there and newest and os.path.realpath(newest) != going:
+            self._link_checkpoint(trainer, newest, last)
+        super()._remove_checkpoint(trainer, filepath)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:

@@ -1,12 +1,14 @@
-"""Checkpoints: bit-identical resume, atomic writes, weights-only reads, ckpt_path=last, keep-last-K."""
+"""Checkpoints: bit-identical resume, atomic writes and links, weights-only reads, ckpt_path=last, keep-last-K."""
 
+import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from dbexp.checkpointing import AtomicCheckpointIO, StepCheckpoint, resolve_ckpt_path
 from dbexp.dreambooth_module import DreamBoothModule
 from dbexp.errors import UserInputError
 from dbexp.run import save_config
@@ -65,8 +67,53 @@ def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg, monkeypatch):
 def test_only_the_last_k_step_checkpoints_are_kept(make_cfg):
     cfg = make_cfg("trainer.max_steps=7", "callbacks.model_checkpoint.save_top_k=2")
     run(cfg)
-    files = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir())
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    files = sorted(p.name for p in folder.iterdir())
     assert files == ["last.ckpt", "step_000006.ckpt", "step_000007.ckpt"]  # step 7: saved at the end
+    last = folder / "last.ckpt"  # one copy per saved step: last.ckpt links to the newest
+    assert last.is_symlink() and os.readlink(last) == "step_000007.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 7
+
+
+def test_last_links_to_a_whole_file_while_the_older_step_file_goes(make_cfg, monkeypatch):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cfg = make_cfg(
+        "trainer.max_steps=3",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "callbacks.model_checkpoint.save_top_k=1",
+    )
+    last, removed = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", []
+    remove = ModelCheckpoint._remove_checkpoint
+
+    def checked(self, trainer, filepath):  # a kill here must find last.ckpt loadable
+        removed.append((Path(filepath).name, torch.load(last, weights_only=True)["global_step"]))
+        remove(self, trainer, filepath)
+
+    monkeypatch.setattr(ModelCheckpoint, "_remove_checkpoint", checked)
+    run(cfg)
+    assert removed == [("step_000001.ckpt", 2), ("step_000002.ckpt", 3)]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step_000003.ckpt"]
+
+
+def test_a_kill_while_linking_last_leaves_the_previous_link(tmp_path, monkeypatch):
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None))
+    for step in (1, 2):
+        torch.save({"global_step": step}, tmp_path / f"step_{step}.ckpt")
+    last = str(tmp_path / "last.ckpt")
+    StepCheckpoint._link_checkpoint(trainer, str(tmp_path / "step_1.ckpt"), last)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while linking")
+
+    monkeypatch.setattr(os, "symlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        StepCheckpoint._link_checkpoint(trainer, str(tmp_path / "step_2.ckpt"), last)
+    monkeypatch.undo()
+    assert torch.load(last, weights_only=True)["global_step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step_1.ckpt", "step_2.ckpt"]
+    StepCheckpoint._link_checkpoint(trainer, str(tmp_path / "step_2.ckpt"), last)
+    assert torch.load(last, weights_only=True)["global_step"] == 2 and os.readlink(last) == "step_2.ckpt"
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
