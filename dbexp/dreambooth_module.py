@@ -75,6 +75,7 @@ class DreamBoothModule(L.LightningModule):
         # Frozen weights are not in the checkpoint, so loading it is not strict about them.
         self.strict_loading = False
         self.start_step = 0  # the step training started from in this process (> 0 when resumed)
+        self._nonfinite: torch.Tensor | None = None  # _watch_finite's record
 
     def model_parts(self) -> ModelParts:
         """The current (fine-tuned) model as the parts a pipeline is made of."""
@@ -143,6 +144,10 @@ class DreamBoothModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.start_step = self.trainer.global_step  # after a resumed checkpoint is restored
+        self._nonfinite = None
+
+    def on_train_end(self) -> None:
+        self._stop_if_not_finite()  # training that stopped between logged steps (pruned, early-stopped)
 
     def trained_keys(self) -> set[str]:
         """State-dict names of the trained weights (full: UNet [+ text encoder]; lora: the adapters)."""
@@ -198,15 +203,9 @@ class DreamBoothModule(L.LightningModule):
             min_snr_gamma=self.finetune_cfg.min_snr_gamma,
             prediction_type=self.prediction_type,
         )
-        if not torch.isfinite(loss.total):
-            # Stop at the step it happens (a sweep marks the trial FAIL with this reason), not after
-            # hours of NaN steps. One host sync per step; logging syncs as often.
-            raise FloatingPointError(
-                f"training loss is {loss.total.item()} at step {self.global_step} "
-                f"(instance {loss.instance.item()}, prior {None if loss.prior is None else loss.prior.item()}); "
-                "lower optimizer.lr or enable gradient clipping (trainer.gradient_clip_val)"
-            )
+        self._watch_finite(loss)
         if self._logs_this_step():
+            self._stop_if_not_finite()
             self.log("train/loss", loss.total, prog_bar=True)
             self.log("train/loss_instance", loss.instance)
             if loss.prior is not None:
@@ -215,6 +214,36 @@ class DreamBoothModule(L.LightningModule):
                 name = "train/lr" if group.get("name") == "unet" else f"train/lr_{group.get('name')}"
                 self.log(name, group["lr"])
         return loss.total
+
+    def _watch_finite(self, loss) -> None:
+        """Remember, on the loss's device, the first step whose loss is not finite — no host sync (a GPU
+        would wait for every step to finish); :meth:`_stop_if_not_finite` reads it on logged steps."""
+        total = loss.total.detach().double()
+        prior = loss.prior.detach().double() if loss.prior is not None else torch.full_like(total, -1.0)  # none
+        if self._nonfinite is None:  # [batches seen, first bad batch (-1: none), its total, instance, prior loss]
+            self._nonfinite = torch.full((5,), -1.0, dtype=torch.float64, device=total.device)
+            self._nonfinite[0] = 0
+        watch = self._nonfinite
+        row = torch.stack([watch[0], total, loss.instance.detach().double(), prior])
+        fresh = ~torch.isfinite(total) & (watch[1] < 0)
+        watch[1:] = torch.where(fresh, row, watch[1:])
+        watch[0] += 1
+
+    def _stop_if_not_finite(self) -> None:
+        """Stop (a sweep marks the trial FAIL with this reason) at the first logged step after a loss went
+        NaN or infinite — at most ``trainer.log_every_n_steps`` steps late, not after hours of NaN steps —
+        naming the step it happened at."""
+        if self._nonfinite is None:
+            return
+        _, batch, total, instance, prior = self._nonfinite.tolist()  # the one host sync, on logged steps
+        if batch >= 0:
+            accumulate = self.trainer.accumulate_grad_batches if self._trainer else 1
+            step = self.start_step + int(batch) // max(1, accumulate)
+            raise FloatingPointError(
+                f"training loss is {total} at step {step} (instance {instance}, "
+                f"prior {None if prior == -1.0 else prior}); "
+                "lower optimizer.lr or enable gradient clipping (trainer.gradient_clip_val)"
+            )
 
     def _logs_this_step(self) -> bool:
         """Whether this step's values reach a logger (every ``trainer.log_every_n_steps``, as Lightning

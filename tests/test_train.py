@@ -2,6 +2,8 @@
 
 import csv
 import json
+import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -208,12 +210,23 @@ def test_loggers_are_closed_as_failed_when_the_run_crashes(make_cfg):
     assert [r["step"] for r in rows] == ["0"]  # step 1 crashed before its row was logged
 
 
-def test_a_nan_loss_stops_training_at_the_step_it_appears(make_cfg):
-    cfg = make_cfg("optimizer=sgd", "optimizer.lr=1e12", "trainer.gradient_clip_val=null", "trainer.max_steps=50")
-    with pytest.raises(FloatingPointError, match=r"training loss is nan at step \d+ .*lower optimizer.lr"):
+@pytest.mark.parametrize("every", [1, 4])
+def test_a_nan_loss_stops_training_at_the_next_logged_step_naming_the_step_it_appeared(make_cfg, every):
+    cfg = make_cfg(
+        "optimizer=sgd",
+        "optimizer.lr=1e12",
+        "trainer.gradient_clip_val=null",
+        "trainer.max_steps=50",
+        f"trainer.log_every_n_steps={every}",
+    )
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step \d+ .*lower optimizer.lr") as stop:
         run(cfg)
-    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
-    assert len(rows) < 5  # stopped within a few steps, not after 50
+    first_bad = int(re.search(r"at step (\d+)", str(stop.value)).group(1))
+    table = Path(cfg.paths.output_dir) / "csv" / "metrics.csv"
+    rows = list(csv.DictReader(table.open())) if table.exists() else []  # no rows: the file is never written
+    logged = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))  # stopped before logging it
+    assert 0 < first_bad < every * (len(logged) + 1) < 50  # caught at the first logged step after it, not after 50
 
 
 def test_fsdp_preset_builds_its_strategy_and_refuses_what_needs_the_whole_model(make_cfg):
