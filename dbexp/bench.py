@@ -6,8 +6,9 @@
   (goal ≤ 0.7), measured in full Lightning runs, alternating the two settings; plus the same
   ratio from counted FLOPs (``--flops-only``: just that, for any model, e.g. ``model=sd15``).
 * ``pruning``: the toy sweep (``sweeps/toy_lr_prior_guidance.yaml``, ``--trials`` trials, TPE with a
-  fixed seed) without a pruner and with the median pruner: training steps spent and the best
-  objective of each (goal: ≤ 0.5 of the steps at a best objective within 2 %).
+  fixed seed) without a pruner and with the preset's: training steps spent and the best objective of
+  each (goal: ≤ 0.5 of the steps at a best objective within 2 %), each best trial re-evaluated on fresh
+  seeds with more pictures, and how the validation losses rank the unpruned sweep's trials.
 * ``signals``: one toy sweep without pruning that measures the fast evaluation subset and the validation
   loss every ``--every`` steps: how well each in-training signal, at each step, ranks the trials as their
   final values do (Spearman), and what one measurement costs — the choice of a pruning signal.
@@ -132,8 +133,12 @@ def bench_reuse(root: Path, overrides: list[str]) -> dict:
     return {"train_seconds": rows[1][2], "reuse_seconds": rows[2][2], "ratio": ratio, "ratio_beside_eval": beside}
 
 
-def toy_sweep(root: Path, name: str, pruner: str, trials: int, overrides: list[str]) -> tuple[Path, str, float]:
-    """The toy sweep preset into ``root/name`` (its folder, storage URL and wall seconds)."""
+NO_PRUNING = ["hydra/sweeper/pruner=none"]
+
+
+def toy_sweep(root: Path, name: str, trials: int, overrides: list[str]) -> tuple[Path, str, float]:
+    """The toy sweep preset into ``root/name`` (its folder, storage URL and wall seconds); its own pruner
+    unless ``overrides`` choose another (``hydra/sweeper/pruner=none``)."""
     folder, storage = root / name, f"sqlite:///{root / name}.db"
     command = [
         sys.executable,
@@ -141,7 +146,6 @@ def toy_sweep(root: Path, name: str, pruner: str, trials: int, overrides: list[s
         "dbexp.train",
         "--multirun",
         "--config-name=toy_lr_prior_guidance",
-        f"hydra/sweeper/pruner={pruner}",
         f"hydra.sweeper.storage={storage}",
         f"hydra.sweeper.n_trials={trials}",
         f"paths.root_dir={folder}",
@@ -152,7 +156,7 @@ def toy_sweep(root: Path, name: str, pruner: str, trials: int, overrides: list[s
         "callbacks.progress_bar=null",
         *overrides,
     ]
-    announce(f"sweep with pruner={pruner}: {trials} trials into {folder}")
+    announce(f"sweep {name}: {trials} trials into {folder}")
     start = time.perf_counter()
     run_child(command)
     return folder, storage, time.perf_counter() - start
@@ -195,6 +199,7 @@ SIGNAL_PAIRS = [
     ("eval/score", "eval/score"),
     ("val/loss_prior", "eval/score"),
     ("val/loss_instance", "eval/score"),
+    ("val/loss", "eval/score"),
 ]
 
 
@@ -231,7 +236,7 @@ def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int
     from dbexp.bench_harness import device_description
 
     during = [f"eval.metrics_every_n_steps={every}", f"eval.val_every_n_steps={every}"]
-    folder, _, seconds = toy_sweep(root, "signals", "none", trials, [*during, *overrides])
+    folder, _, seconds = toy_sweep(root, "signals", trials, [*NO_PRUNING, *during, *overrides])
     runs = [m for m in trial_metrics(folder) if "in_training" in m]
     table = signal_table(runs)
     steps = sorted({int(s) for row in table.values() for s in row})
@@ -254,41 +259,106 @@ def bench_signals(root: Path, overrides: list[str], trials: int = 20, every: int
     return {"spearman": table, "seconds_per_measurement": costs, "trials": len(runs), "sweep_seconds": seconds}
 
 
+#: The re-evaluation of a sweep's best trial: fresh seeds and 4× (PRES 8×) the images of the preset's final
+#: evaluation, whose eval/score varies by ~0.1–0.2 between two trials of the same setting (8 PRES images:
+#: each one moves the score by 0.125) — more than the 2 % by which two sweeps' best trials are compared.
+REEVALUATION = ["eval.metric_seed=1", "eval.images_per_prompt=16", "eval.pres_images=64"]
+
+
+def reevaluate_best(root: Path, name: str, study, folder: Path, overrides: list[str]) -> float:
+    """The eval/score of ``study``'s best trial, trained again to its best step (deterministic, and the toy
+    preset's learning rate is constant: the same weights) and evaluated with :data:`REEVALUATION` — what the
+    setting is worth, less the luck of its draw."""
+    best = study.best_trial
+    step = _best_step(folder, best.number)
+    out = root / "reevaluation" / name
+    command = [
+        sys.executable,
+        "-m",
+        "dbexp.train",
+        "--config-name=toy_lr_prior_guidance",
+        *[f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in best.params.items()],
+        f"trainer.max_steps={step}",
+        "objective_at=last",
+        "eval.metrics_every_n_steps=0",
+        *REEVALUATION,
+        f"paths.root_dir={out}",
+        f"paths.log_dir={out}",
+        f"paths.runs_dir={out / 'runs'}",
+        f"paths.cache_dir={root / 'cache'}",
+        "reuse_trained=false",
+        "callbacks.progress_bar=null",
+        *overrides,
+    ]
+    announce(f"re-evaluating {name}'s best trial {best.number} (to its best step {step}) into {out}")
+    run_child(command)
+    (metrics_file,) = (out / "runs").glob("*/metrics.json")
+    return float(json.loads(metrics_file.read_text())["eval/score"])
+
+
+def _best_step(folder: Path, number: int) -> int:
+    """The step whose weights trial ``number`` of a sweep folder kept (``metrics.json``'s ``best_step``)."""
+    (metrics_file,) = folder.glob(f"**/multiruns/*/{number}/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    return int(metrics.get("best_step") or metrics["step"])
+
+
 def bench_pruning(root: Path, overrides: list[str], trials: int = 20, pruned: list[str] | None = None) -> dict:
-    """Two sweeps with the same sampler seed, one without a pruner and one with the median pruner
-    (``pruned``: overrides for that sweep only, e.g. the pruner's settings or ``pruning.metric``)."""
+    """Two sweeps with the same sampler seed, one without a pruner and one with the preset's (``pruned``:
+    overrides for that sweep only, e.g. the pruner's settings or ``pruning.metric``); and how well each
+    validation loss of the unpruned sweep, at each step, ranks its trials as their objective does."""
     import optuna
 
     from dbexp.bench_harness import device_description
 
-    results = {}
-    for pruner in ("none", "median"):
-        extra = [*overrides, *(pruned or [])] if pruner == "median" else overrides
-        folder, storage, seconds = toy_sweep(root, pruner, pruner, trials, extra)
+    results, ranks = {}, {}
+    for name, extra in (("none", NO_PRUNING), ("pruned", pruned or [])):
+        folder, storage, seconds = toy_sweep(root, name, trials, [*overrides, *extra])
         study = optuna.load_study(study_name="toy_lr_prior_guidance", storage=storage)
-        steps = [m.get("train/steps_run", 0) for m in trial_metrics(folder)]
+        runs = trial_metrics(folder)
         states = [t.state.name for t in study.trials]
-        results[pruner] = {
-            "steps": int(sum(steps)),
+        results[name] = {
+            "steps": int(sum(m.get("train/steps_run", 0) for m in runs)),
             "best": study.best_value,
             "best_params": study.best_params,
             "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"),
             "seconds": seconds,
         }
-    none, median = results["none"], results["median"]
+        results[name]["best_reevaluated"] = reevaluate_best(root, name, study, folder, [*overrides, *extra])
+        if name == "none":
+            ranks = {
+                k: v for k, v in signal_table(runs).items() if v and k.startswith("val/") and k.endswith("eval/score")
+            }
+    none, with_pruner = results["none"], results["pruned"]
     seed = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweeper.sampler.seed=")), "0")
     print(f"\ndbexp bench pruning — toy sweep, {trials} trials each, TPE seed {seed}: {device_description()}")
     if pruned:
         print(f"pruned sweep only: {' '.join(pruned)}")
-    print(f"{'pruner':<8} {'steps':>7} {'best eval/score':>16} {'complete':>9} {'pruned':>7} {'seconds':>8}")
+    print(f"{'sweep':<8} {'steps':>7} {'best eval/score':>16} {'complete':>9} {'pruned':>7} {'seconds':>8}")
     for name, r in results.items():
         print(f"{name:<8} {r['steps']:>7} {r['best']:>16.4f} {r['complete']:>9} {r['pruned']:>7} {r['seconds']:>8.0f}")
-    steps_ratio = median["steps"] / none["steps"]
-    gap = (none["best"] - median["best"]) / abs(none["best"])
+    steps_ratio = with_pruner["steps"] / none["steps"]
+    gap = (none["best"] - with_pruner["best"]) / abs(none["best"])
     print(f"steps with pruning ÷ without: {steps_ratio:.3f} (goal ≤ 0.5)")
     print(f"best objective with pruning vs without: {-gap:+.2%} (goal: within 2 %)")
-    return {**results, "steps_ratio": steps_ratio, "best_gap": gap}
+    again = [results[n]["best_reevaluated"] for n in ("none", "pruned")]
+    regap = (again[0] - again[1]) / abs(again[0])
+    print(
+        f"each best trial re-evaluated ({' '.join(REEVALUATION)}): without {again[0]:.4f}, "
+        f"with pruning {again[1]:.4f} ({-regap:+.2%})"
+    )
+    if ranks:
+        print("Spearman over the unpruned sweep's trials, signal at step ~ final eval/score:")
+        for name, row in ranks.items():
+            print(f"  {name.split(' ~ ')[0]:<18} " + " ".join(f"{s}: {v:+.2f}" for s, v in row.items()))
+    return {
+        **results,
+        "steps_ratio": steps_ratio,
+        "best_gap": gap,
+        "reevaluated_gap": regap,
+        "spearman_unpruned": ranks,
+    }
 
 
 def print_flops(model_cfg, resolution: int) -> float:

@@ -101,6 +101,7 @@ TRAINING = {
 VALIDATION = {
     "val/loss_instance": Metric("val/loss_instance", "validation loss, subject photos", MINIMIZE),
     "val/loss_prior": Metric("val/loss_prior", "validation loss, base model's class images", MINIMIZE),
+    "val/loss": Metric("val/loss", "validation loss, subject photos + class images", MINIMIZE),
 }
 #: Prefixes under which a suite's metrics are logged: the run's (``eval/``), the base model's (``base/``),
 #: the subject photos' own reference (``real/``).

@@ -25,7 +25,7 @@ from dbexp.sweep_trial import STUDY_ENV
 
 #: What the report plots over training steps: the training loss, the in-training evaluation's score and the
 #: validation losses (the signals a sweep prunes on and picks the best step by).
-CURVES = ("train/loss", "eval/score", "val/loss_instance", "val/loss_prior")
+CURVES = ("train/loss", "eval/score", "val/loss", "val/loss_instance", "val/loss_prior")
 
 
 @dataclass

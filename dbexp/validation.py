@@ -9,6 +9,8 @@ a run, or two trials of a sweep, are compared on identical inputs. Logged:
 * ``val/loss_instance`` — how well the model denoises the subject's photos (fit to the subject);
 * ``val/loss_prior`` — how well it still denoises the base model's own class images (drift away from the
   class: the cheap cousin of PRES), whatever ``prior.weight`` is;
+* ``val/loss`` — their sum: DreamBooth's loss at prior weight 1, so trials that sweep ``prior.weight`` are
+  measured with the same yardstick (the toy sweep's pruning signal);
 * ``val/seconds`` — what it cost.
 
 The loss is the plain MSE of the prediction target (ε or v), unweighted (no min-SNR γ: trials that sweep
@@ -54,7 +56,7 @@ def metric_names(cfg: EvalConfig, has_class: bool) -> list[str]:
     """What the validation logs (``optimized_metric`` and ``pruning.metric`` may name them)."""
     if not cfg.val_every_n_steps:
         return []
-    return ["val/loss_instance"] + (["val/loss_prior"] if has_class and cfg.val_class_images else [])
+    return ["val/loss_instance"] + (["val/loss_prior", "val/loss"] if has_class and cfg.val_class_images else [])
 
 
 def timesteps(num_train_timesteps: int, count: int) -> list[int]:
@@ -140,6 +142,8 @@ def validation_loss(module, vset: ValidationSet, seed: int, batch_size: int) -> 
             target = scheduler.get_velocity(clean, noise, steps) if module.prediction_type == "v_prediction" else noise
             total += F.mse_loss(prediction.float(), target.float(), reduction="sum").item() / clean[0].numel()
         losses[f"val/loss_{'instance' if kind == 'instance' else 'prior'}"] = total / len(pairs)
+    if "val/loss_prior" in losses:  # DreamBooth's loss at prior weight 1: the same yardstick for every trial
+        losses["val/loss"] = losses["val/loss_instance"] + losses["val/loss_prior"]
     return losses
 
 

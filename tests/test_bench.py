@@ -43,11 +43,13 @@ def test_bench_pruning_runs_both_sweeps_and_prints_steps_and_best(capsys, tmp_pa
     smoke = ["debug=fast", "trainer.max_steps=4", "eval.metrics_every_n_steps=2", "eval.subset_prompts=1"]
     main(["pruning", "--trials", "2", *smoke, "--json", str(tmp_path / "p.json")])
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("none ", "median "))}
-    assert set(rows) == {"none", "median"} and int(rows["none"][0]) == 8  # 2 trials × 4 steps, nothing pruned
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("none ", "pruned "))}
+    assert set(rows) == {"none", "pruned"} and int(rows["none"][0]) == 8  # 2 trials × 4 steps, nothing pruned
     numbers = json.loads((tmp_path / "p.json").read_text())
     assert numbers["none"]["complete"] == 2 and "steps with pruning ÷ without" in out
-    assert numbers["median"]["steps"] == 8  # the second sweep trains again (no reuse of the first's weights)
+    assert numbers["pruned"]["steps"] == 8  # the second sweep trains again (no reuse of the first's weights)
+    assert "each best trial re-evaluated" in out  # trained again to its best step, evaluated on fresh seeds
+    assert numbers["none"]["best_reevaluated"] == numbers["pruned"]["best_reevaluated"]  # same setting, same value
 
 
 def test_the_signal_table_ranks_each_signal_at_each_step_against_the_final_value():

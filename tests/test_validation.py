@@ -18,9 +18,11 @@ def test_validation_is_logged_and_changes_nothing_training_does(make_cfg):
     plain = run(make_cfg("eval.metrics=none", name="plain"))
     cfg = make_cfg("eval.metrics=none", "eval.val_every_n_steps=2", "eval.val_class_images=2", name="validated")
     validated = run(cfg)
-    val_keys = {"val/loss_instance", "val/loss_prior", "val/seconds"}
+    val_keys = {"val/loss_instance", "val/loss_prior", "val/loss", "val/seconds"}
     assert val_keys <= set(validated) and list(validated["in_training"]) == ["0", "2", "4"]
     assert set(validated["in_training"]["2"]) == val_keys
+    at_2 = validated["in_training"]["2"]
+    assert at_2["val/loss"] == pytest.approx(at_2["val/loss_instance"] + at_2["val/loss_prior"])
     unchanged = {k: v for k, v in validated.items() if k not in {*val_keys, "in_training"}}
     assert comparable(unchanged) == comparable(plain)
     rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open()))
