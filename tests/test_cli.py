@@ -86,7 +86,8 @@ def test_train_resume_and_generate_from_the_command_line(tmp_path, cache_dir):
 
     resumed = run_cli("dbexp.train", *args, "ckpt_path=last", "trainer.max_steps=6", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Restored all states from the checkpoint at {run_dir}/checkpoints/last.ckpt" in resumed.stderr
+    # last.ckpt links to the newest step file; the resume names that file
+    assert f"Restored all states from the checkpoint at {run_dir}/checkpoints/step_000004.ckpt" in resumed.stderr
     second = Path(re.findall(r"^run dir: (\S+)", resumed.stdout, flags=re.M)[0])
     assert json.loads((second / "metrics.json").read_text())["step"] == 6
 
