@@ -218,13 +218,13 @@ class DreamBoothModule(L.LightningModule):
     def _watch_finite(self, loss) -> None:
         """Remember, on the loss's device, the first step whose loss is not finite — no host sync (a GPU
         would wait for every step to finish); :meth:`_stop_if_not_finite` reads it on logged steps."""
-        total = loss.total.detach().double()
-        prior = loss.prior.detach().double() if loss.prior is not None else torch.full_like(total, -1.0)  # none
+        total = loss.total.detach().float()  # float32: steps exact to 2^24, and MPS has no float64
+        prior = loss.prior.detach().float() if loss.prior is not None else torch.full_like(total, -1.0)  # none
         if self._nonfinite is None:  # [batches seen, first bad batch (-1: none), its total, instance, prior loss]
-            self._nonfinite = torch.full((5,), -1.0, dtype=torch.float64, device=total.device)
+            self._nonfinite = torch.full((5,), -1.0, device=total.device)
             self._nonfinite[0] = 0
         watch = self._nonfinite
-        row = torch.stack([watch[0], total, loss.instance.detach().double(), prior])
+        row = torch.stack([watch[0], total, loss.instance.detach().float(), prior])
         fresh = ~torch.isfinite(total) & (watch[1] < 0)
         watch[1:] = torch.where(fresh, row, watch[1:])
         watch[0] += 1
