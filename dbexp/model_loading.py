@@ -4,7 +4,8 @@ One function, :func:`load_components`, loads tokenizer, text encoder, VAE, UNet 
 scheduler from a hub id or a local diffusers folder. ``model=tiny`` builds a small
 SD-architecture model from its config (random weights), saves it once in diffusers layout
 under the cache root and then loads it through that same function, so tests exercise the
-path SD1.5 takes. ``model.init=random`` builds a full architecture in memory (benchmarks).
+path SD1.5 takes. ``model.init=random`` does the same with a full architecture (SD1.5, SD2.1: benchmarks
+and the real-architecture tests), so its exports name a base model that loads.
 """
 
 from __future__ import annotations
@@ -80,12 +81,11 @@ def check_model_config(cfg: ModelConfig) -> None:
 def load_model(cfg: ModelConfig, cache_dir: str | Path) -> ModelParts:
     """The base model a run starts from, as ``conf/model`` describes it."""
     architecture = _plain(cfg.architecture)
-    if cfg.pretrained is None:
+    if cfg.pretrained is None or cfg.init == "random":
         folder = materialize_architecture(cfg.name, architecture, cache_dir)
         parts = load_components(str(folder))
-    elif cfg.init == "random":
-        parts = build_components(architecture)
-        log.info("model: %s architecture with random weights (no download)", cfg.name)
+        if cfg.init == "random":
+            log.info("model: %s architecture with random weights (no download), saved in %s", cfg.name, folder)
     else:
         parts = load_components(cfg.pretrained, revision=cfg.revision, variant=cfg.variant)
     if cfg.prediction_type is not None:

@@ -70,11 +70,19 @@ def test_random_init_builds_the_real_architecture(tmp_path, name, unet, vae, tex
     assert counts == [unet, vae, text_encoder]
 
 
-def test_random_init_in_memory_downloads_nothing(tmp_path, cache_dir):
+def test_random_init_downloads_nothing_and_is_saved_once_in_the_cache(tmp_path):
     # Same code path as sd15 init=random, on the tiny architecture (the full one takes GBs of RAM).
-    cfg = compose_train(tmp_path, cache_dir, "model.pretrained=some/hub-id", "model.init=random")
-    parts = load_model(cfg.model, cache_dir)
-    assert parts.source == "random"
+    cache = tmp_path / "cache"
+    cfg = compose_train(tmp_path, cache, "model.pretrained=some/hub-id", "model.init=random")
+    parts = load_model(cfg.model, cache)
+    folder = Path(parts.source)
+    assert folder.parent == cache.resolve() / "models" and (folder / "model_index.json").is_file()
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    written = weights.stat().st_mtime_ns
+    again = load_model(cfg.model, cache)  # found, not built again
+    assert again.source == parts.source and weights.stat().st_mtime_ns == written
+    for a, b in zip(parts.unet.parameters(), again.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize(
