@@ -50,9 +50,8 @@ class StepCheckpoint(ModelCheckpoint):
 
     def _remove_checkpoint(self, trainer, filepath: str) -> None:
         """Before a step file ``last.ckpt`` links to goes (``save_top_k: 1``), link it to the new one."""
-        last = os.path.join(self.dirpath or "", self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-        newest, going = self._last_checkpoint_saved, os.path.realpath(filepath)
-        points_there = os.path.islink(last) and os.path.realpath(last) == going
+        last, newest, going = self.last_model_path, self._last_checkpoint_saved, os.path.realpath(filepath)
+        points_there = bool(last) and os.path.islink(last) and os.path.realpath(last) == going
         if self.save_last == "link" and points_there and newest and os.path.realpath(newest) != going:
             self._link_checkpoint(trainer, newest, last)
         super()._remove_checkpoint(trainer, filepath)
