@@ -18,7 +18,7 @@ OPTUNA_PORT ?= 8080
 # make test: pytest workers (pytest-xdist), a test file each at a time, one torch thread each (tests/conftest.py)
 TEST_WORKERS ?= 2
 
-.PHONY: install lock train test test-fast test-latest lint dashboard optuna-dashboard clean distclean
+.PHONY: install lock train test test-fast test-sd test-latest lint dashboard optuna-dashboard clean distclean
 
 install: $(STAMP)  ## create .venv from requirements.lock: exactly the locked packages (hash-checked), then dbexp itself
 
@@ -52,10 +52,13 @@ train: $(STAMP)  ## the default run: offline, the toy model and a toy subject (~
 	$(PY) -m dbexp.train
 
 test: $(STAMP)  ## the whole suite (slow end-to-end tests included), on TEST_WORKERS workers
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not sd"
 
 test-fast: $(STAMP)  ## the suite without slow-marked tests
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd"
+
+test-sd: $(STAMP)  ## not in CI: SD1.5 full + LoRA, SD2.1 LoRA (random weights, 64 px) end to end; ~20 min, up to 16 GB, one at a time
+	$(PY) -m pytest -m sd tests/test_sd_architectures.py
 
 test-latest:  ## not in CI: the newest releases the ranges allow (torch stays the CPU wheel), then the fast suite
 	python3 -m venv --clear $(LATEST_VENV)
@@ -65,7 +68,7 @@ test-latest:  ## not in CI: the newest releases the ranges allow (torch stays th
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "newest allowed versions: $(LATEST_VENV)/versions.txt (compare with $(LOCK))"
-	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd"
 
 lint: $(STAMP)
 	$(PY) -m ruff check dbexp hydra_plugins tests

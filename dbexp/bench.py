@@ -1,4 +1,4 @@
-"""``python -m dbexp.bench prior|cache|reuse|pruning|signals|train [overrides]``: speed, memory, signals, as tables.
+"""``python -m dbexp.bench prior|cache|reuse|pruning|signals|train|disk [overrides]``: speed, memory, signals, disk.
 
 * ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
   cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
@@ -19,6 +19,8 @@
 * ``train``: step time, peak memory and MFU per fine-tuning mode × memory preset, and dbexp's training
   step ÷ a bare PyTorch + diffusers loop (goal ≤ 1.05): :mod:`dbexp.bench_train`.
 
+* ``disk``: what a sweep preset (``--preset``, default ``lr_prior_guidance``) leaves on disk, before and now,
+  from the files one real-architecture trial leaves (goal ≤ 0.1): :mod:`dbexp.bench_disk`.
 Overrides are the training config's (default ``model=toy``), e.g. ``prior.num_class_images=200``.
 """
 
@@ -377,7 +379,7 @@ def print_flops(model_cfg, resolution: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "signals", "train"])
+    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "signals", "train", "disk"])
     ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
     ap.add_argument("--steps", type=int, default=100, help="cache, train: timed steps per run")
     ap.add_argument("--warmup", type=int, default=10, help="cache, train: untimed steps before them")
@@ -387,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peak-tflops", type=float, help="train: the GPU's dense bf16 peak for MFU (else from its name)")
     ap.add_argument("--trials", type=int, default=20, help="pruning, signals: trials per sweep")
     ap.add_argument("--pruned", action="append", help="pruning: an override for the pruned sweep only (repeatable)")
+    ap.add_argument("--preset", default="lr_prior_guidance", help="disk: the sweep preset whose trials are counted")
     ap.add_argument("--every", type=int, default=50, help="signals: steps between in-training measurements")
     ap.add_argument("--json", type=Path, help="also write the numbers to this file")
     ap.add_argument("--flops-only", action="store_true", help="cache: only the counted FLOP ratio (any model, no run)")
@@ -404,6 +407,10 @@ def main(argv: list[str] | None = None) -> None:
             numbers = bench_pruning(root, args.overrides, args.trials, args.pruned)
         elif args.what == "signals":
             numbers = bench_signals(root, args.overrides, args.trials, args.every)
+        elif args.what == "disk":
+            from dbexp.bench_disk import bench_disk
+
+            numbers = bench_disk(root, args.overrides, args.preset)
         elif args.what == "train":
             from dbexp.bench_train import bench_train
 

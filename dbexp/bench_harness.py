@@ -74,7 +74,7 @@ class StepTimer(L.Callback):
 QUIET = [
     "callbacks=none",
     "logger=none",
-    "export_pipeline=false",
+    "export.enabled=false",
     "eval.every_n_steps=0",
     "eval.at_start=false",
     "eval.num_inference_steps=1",

@@ -30,6 +30,7 @@ class ModelConfig:
     resolution: int = 512
     prediction_type: str | None = None  # null: the scheduler's own
     eval_metrics: str = "dreambench"  # the metric suite that suits this model (``eval.metrics=auto``)
+    export_dtype: str = "float16"  # what its exports are written in (``export.dtype=auto``): what users load
     architecture: dict[str, Any] = field(default_factory=dict)
 
 
@@ -183,6 +184,17 @@ class PruningConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``conf/export``: what a run writes to ``<run dir>/pipeline/`` (owner: ``dbexp.export``)."""
+
+    enabled: bool = True  # false: no export (a sweep's trained weights stay in the cache)
+    dtype: str = "auto"  # auto: model.export_dtype | float16 | bfloat16 | float32
+    # diffusers: the diffusers folder (full) or diffusers' LoRA file; single_file: one .safetensors in the
+    # original Stable Diffusion layout (full) or kohya's LoRA names (LoRA), for AUTOMATIC1111 and ComfyUI
+    formats: list[str] = field(default_factory=lambda: ["diffusers"])
+
+
+@dataclass
 class PathsConfig:
     """``conf/paths``: where runs and the shared cache live."""
 
@@ -204,7 +216,6 @@ class TrainConfig:
     # best: with in-training measurements of the (first) optimized metric, the best step's weights are evaluated,
     # exported and cached, and its values are the run's (metrics.json: best_step); last: the last step's.
     objective_at: str = "best"
-    export_pipeline: bool = True
     reuse_trained: bool | None = None  # null: in sweeps only (dbexp.trained_cache)
     model: ModelConfig = MISSING
     finetune: FinetuneConfig = MISSING
@@ -214,6 +225,7 @@ class TrainConfig:
     memory: MemoryConfig = MISSING
     eval: EvalConfig = MISSING
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    export: ExportConfig = MISSING
     paths: PathsConfig = MISSING
     trainer: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] | None = field(default_factory=dict)
@@ -286,6 +298,7 @@ MOVED_KEYS = {
     "prior.scheduler": "prior.sampler",
     "optimizer.scheduler": "optimizer.lr_schedule",
     "eval.seed": "eval.metric_seed",
+    "export_pipeline": "export.enabled",
 }
 #: The same for ``python -m dbexp.generate``.
 MOVED_GENERATE_KEYS = {"scheduler": "sampler"}

@@ -29,7 +29,8 @@ ROLES: dict[str, str] = {
     "paths": PLACE,
     "logger": PLACE,
     "hydra": PLACE,
-    "export_pipeline": PLACE,  # whether <run>/pipeline/ is written, not what it holds
+    "export": PLACE,  # whether and how <run>/pipeline/ is written: the same weights
+    "model.export_dtype": PLACE,
     "trainer.default_root_dir": PLACE,
     "eval": EVALUATION,
     "model.eval_metrics": EVALUATION,  # which metric suite scores the model (eval.metrics=auto)

@@ -91,8 +91,9 @@ def set_trainable(cfg: FinetuneConfig, unet, text_encoder) -> None:
         text_encoder.add_adapter(config(lora.text_encoder_target_modules))
 
 
-def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> Path:
-    """The adapters in diffusers' LoRA format (what ``load_lora_weights`` reads) into ``folder``."""
+def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> tuple[dict, dict | None]:
+    """The adapters in diffusers' LoRA format (what ``load_lora_weights`` reads) into ``folder``; returns
+    the UNet's and the text encoder's adapter weights (peft's names)."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
@@ -103,13 +104,22 @@ def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> Path:
         state = get_peft_model_state_dict(model, save_embedding_layers=False)  # adapters only, never embeddings
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
+    def adapter_config(model) -> dict:
+        # rank, alpha, targets in the file's header: without them load_lora_weights takes alpha = rank
+        (config,) = model.peft_config.values()
+        return config.to_dict()
+
+    unet_layers = layers(unet)
+    text_layers = layers(text_encoder) if text_encoder_too else None
     StableDiffusionPipeline.save_lora_weights(
         folder,
-        unet_lora_layers=layers(unet),
-        text_encoder_lora_layers=layers(text_encoder) if text_encoder_too else None,
+        unet_lora_layers=unet_layers,
+        text_encoder_lora_layers=text_layers,
         safe_serialization=True,
+        unet_lora_adapter_metadata=adapter_config(unet),
+        text_encoder_lora_adapter_metadata=adapter_config(text_encoder) if text_encoder_too else None,
     )
-    return folder / LORA_WEIGHTS
+    return unet_layers, text_layers
 
 
 def is_lora_export(folder: Path) -> bool:

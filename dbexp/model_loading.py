@@ -175,11 +175,16 @@ def save_pipeline(
     if replace and folder.exists():
         shutil.rmtree(folder)
     with atomic_path(folder) as staging:
-        pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.inference_scheduler)
-        pipeline.save_pretrained(staging, safe_serialization=True)
+        write_pipeline(parts, staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
     return folder
+
+
+def write_pipeline(parts: ModelParts, folder: Path) -> None:
+    """The parts as a ``StableDiffusionPipeline`` folder, in place (no staging: the caller's)."""
+    pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.inference_scheduler)
+    pipeline.save_pretrained(folder, safe_serialization=True)
 
 
 def with_prediction_type(parts: ModelParts, prediction_type: str) -> ModelParts:

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dbexp import metric_suites, trained_cache
 from dbexp.best_step import OBJECTIVE_AT, BestStepCallback, EarlyStopping, check_early_stopping
-from dbexp.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
-from dbexp.console import announce
+from dbexp.checkpointing import AtomicCheckpointIO, release_finished, resolve_ckpt_path
+from dbexp.console import announce, format_bytes
 from dbexp.datamodule import (
     DreamBoothDataModule,
     check_data_config,
@@ -48,7 +48,7 @@ from dbexp.eval_protocol import (
     sample_prompts,
     summary_table,
 )
-from dbexp.export import describe_export, export_pipeline
+from dbexp.export import check_export_config, check_export_parts, describe_export, export_run
 from dbexp.finetune import check_finetune_config, check_lora_targets
 from dbexp.memory import check_memory_config
 from dbexp.metric_models import load_metric_models, metric_model_folders
@@ -59,7 +59,7 @@ from dbexp.prior_cache import check_prior_config, class_images, class_prompt, lo
 from dbexp.pruning import PruningCallback, pruning_metric, report_every, report_sign
 from dbexp.sampling import build_pipeline, sampler
 from dbexp.sweep_tracking import check_logger_config
-from dbexp.sweep_trial import pruning_trial
+from dbexp.sweep_trial import pruning_trial, trial_number
 from dbexp.tracking import describe_run, log_run_files
 from dbexp.validation import ValidationLossCallback, build_validation_set, check_validation_config
 from dbexp.validation import metric_names as validation_metric_names
@@ -95,6 +95,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_eval_config(cfg.eval)
     check_validation_config(cfg.eval)
     check_logger_config(cfg.logger)
+    check_export_config(cfg.export, cfg.model)
     if cfg.objective_at not in OBJECTIVE_AT:
         raise UserInputError(f"objective_at={cfg.objective_at}: use best or last")
     check_early_stopping(cfg.callbacks)
@@ -157,7 +158,7 @@ def check_sharding(cfg: DictConfig) -> bool:
         "eval.metrics_every_n_steps=0": cfg.eval.metrics_every_n_steps,
         "eval.val_every_n_steps=0": cfg.eval.val_every_n_steps,
         "eval.final=false": cfg.eval.final,
-        "export_pipeline=false": cfg.export_pipeline,
+        "export.enabled=false": cfg.export.enabled,
         "reuse_trained=false": cfg.reuse_trained,
     }
     wanted = [fix for fix, on in needs_whole_model.items() if on]
@@ -194,6 +195,7 @@ class Trained:
     metrics: dict[str, Any]
     reused: bool = False
     pruned: PruningCallback | None = None  # the sweep's pruner stopped this run
+    entry: Path | None = None  # the trained-weights cache entry it reused
 
 
 @dataclass
@@ -229,6 +231,7 @@ class Stages:
         before class images and hours of training."""
         parts = load_model(self.cfg.model, self.cfg.paths.cache_dir)
         check_lora_targets(self.cfg.finetune, parts.unet, parts.text_encoder)
+        check_export_parts(self.cfg.export, self.cfg.finetune, parts)
         if self.plan.eval_prompts is not None:
             metric_model_folders(self.plan.metric_suite, self.cfg.eval, self.cfg.paths.cache_dir)
         if self.reuse:  # the trained-weights key: only where trained weights are looked up and stored
@@ -276,7 +279,8 @@ class Stages:
         module.to(self.device)
         grids = next(c for c in self.callbacks if isinstance(c, SampleGridCallback))
         grids.render(self.trainer, module, "final")
-        return Trained(module, {**entry.metrics, "train/steps_run": 0, "reused_weights": entry.key}, reused=True)
+        metrics = {**entry.metrics, "train/steps_run": 0, "reused_weights": entry.key}
+        return Trained(module, metrics, reused=True, entry=entry.folder)
 
     def fit(self, parts: ModelParts) -> Trained:
         """Class images, cached encodings, data, module — and training; the metrics at its end."""
@@ -311,9 +315,25 @@ class Stages:
         return Trained(module, metrics, pruned=pruned)
 
     def store_trained(self, trained: Trained) -> None:
-        """Trained weights into the shared cache, for later runs of the same training setting."""
-        if self.reuse and not trained.reused:
-            trained_cache.store(self.cfg.paths.cache_dir, self.key, trained.module, trained.metrics, self.plan.run_dir)
+        """Trained weights into the shared cache, for later runs of the same training setting; ``metrics.json``
+        names the entry (``trained_weights``: a sweep's retention removes the entries its dropped trials stored)."""
+        if trained.reused:
+            trained.metrics["trained_weights"] = {"entry": str(trained.entry), "stored_here": False}
+        elif self.reuse:
+            folder, new = trained_cache.store(
+                self.cfg.paths.cache_dir, self.key, trained.module, trained.metrics, self.plan.run_dir
+            )
+            trained.metrics["trained_weights"] = {"entry": str(folder), "stored_here": new}
+
+    def release_checkpoints(self, trained: Trained) -> None:
+        """A finished sweep trial is not resumed: what only resuming needs goes (``checkpoints/``; its weights
+        stay there, optimizer moments dropped, only when neither the cache nor the export holds them)."""
+        if trial_number() is None:
+            return
+        elsewhere = trained.pruned is not None or "trained_weights" in trained.metrics or self.cfg.export.enabled
+        freed = release_finished(self.plan.run_dir / "checkpoints", weights_elsewhere=elsewhere)
+        if freed:
+            log.info("sweep trial finished: %s of checkpoints released", format_bytes(freed))
 
     def evaluate_trained(self, trained: Trained, baseline: dict | None) -> dict[str, Any]:
         """The full DreamBooth evaluation of the fine-tuned model: ``eval/*`` of the first guidance scale
@@ -348,8 +368,9 @@ class Stages:
         return {**first, **base, "evaluation": evaluation}
 
     def export(self, trained: Trained) -> None:
-        if self.cfg.export_pipeline:
-            folder = export_pipeline(trained.module, self.cfg.model, self.plan.run_dir / "pipeline")
+        """The fine-tuned model in the formats people load, its final metrics in each file's header."""
+        if self.cfg.export.enabled:
+            folder = export_run(trained.module, self.cfg, self.plan.run_dir / "pipeline", trained.metrics)
             announce(f"pipeline: {describe_export(folder)}")
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:

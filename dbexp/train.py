@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 trained.metrics |= stages.evaluate_trained(trained, baseline)
                 stages.export(trained)
             stages.write_metrics(trained.metrics)
+            stages.release_checkpoints(trained)  # a sweep trial: what only resuming needs goes
         if trained.pruned is not None:
             raise trained.pruned.error()  # the sweeper records the trial as pruned
     return trained.metrics

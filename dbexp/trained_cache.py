@@ -92,11 +92,12 @@ def find(cache_dir: str | Path, key: str) -> TrainedEntry | None:
     return TrainedEntry(key, folder, manifest)
 
 
-def store(cache_dir: str | Path, key: str, module, metrics: dict[str, float], source: str | Path) -> Path:
-    """The module's trained weights and its training metrics under ``key`` (kept if already there)."""
-    folder = Path(cache_dir) / KIND / key
+def store(cache_dir: str | Path, key: str, module, metrics: dict[str, float], source: str | Path) -> tuple[Path, bool]:
+    """The module's trained weights and its training metrics under ``key`` (kept if already there); whether this
+    call wrote them."""
+    folder = Path(cache_dir).resolve() / KIND / key
     if (folder / MANIFEST).is_file():
-        return folder
+        return folder, False
     weights = {k: v.detach().to("cpu").contiguous() for k, v in module.trained_state_dict().items()}
     now = datetime.now(UTC).isoformat()
     manifest = {
@@ -113,4 +114,4 @@ def store(cache_dir: str | Path, key: str, module, metrics: dict[str, float], so
         save_file(weights, str(tmp / WEIGHTS))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("trained weights cached: %s", folder)
-    return folder
+    return folder, True

@@ -49,6 +49,13 @@ FAST = [
 ]
 
 
+def pytest_configure(config) -> None:
+    # here, not in pyproject.toml: a changed pyproject.toml makes `make` rebuild the venv
+    config.addinivalue_line(
+        "markers", "sd: the real SD architectures at 64 px (minutes each, up to 16 GB): make test-sd only"
+    )
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One cache for the session: the tiny model is built once."""

@@ -63,9 +63,11 @@ LAYERS = [
     "toy.world",
     "config config_roles metric_suites sweep_trial sweep_tracking",
     "model_loading finetune memory optimization datamodule encoding_cache prior_cache trained_cache checkpointing "
-    "dreambooth_module metric_models toy.judge toy.oracle eval_protocol validation best_step tracking export pruning",
+    "dreambooth_module metric_models toy.judge toy.oracle eval_protocol validation best_step tracking export "
+    "original_layout pruning trial_retention",
     "run",
-    "train generate evaluate compare run_collection cache bench bench_harness bench_train toy.pretrain toy.subjects",
+    "train generate evaluate compare run_collection cache bench bench_harness bench_train bench_disk toy.pretrain "
+    "toy.subjects",
 ]
 PACKAGES = ("dbexp", "dbexp.conf", "dbexp.sweeps", "dbexp.toy")
 

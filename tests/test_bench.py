@@ -32,7 +32,7 @@ def test_counted_flops_match_the_reference_figure_for_sd15(tmp_path):
 
 
 def test_bench_reuse_prints_its_table(capsys):
-    main(["reuse", "debug=fast", "callbacks.progress_bar=null", "export_pipeline=false"])
+    main(["reuse", "debug=fast", "callbacks.progress_bar=null", "export.enabled=false"])
     out = capsys.readouterr().out
     steps = [line.split()[-3] for line in out.splitlines() if line.startswith(("warm-up", "trains", "guidance only"))]
     assert steps == ["4", "4", "0"]  # the guidance-only trial runs no training step

@@ -107,7 +107,7 @@ def test_a_run_that_differs_only_in_what_changes_nothing_resumes_with_ckpt_path_
     last.parent.mkdir(parents=True)
     torch.save({}, last)
     same_setting = [
-        "export_pipeline=false",
+        "export.enabled=false",
         "data.num_workers=1",
         "trainer.log_every_n_steps=3",
         "trainer.max_steps=8",  # a resume may train on

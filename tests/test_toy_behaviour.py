@@ -19,7 +19,7 @@ from tests.conftest import compose_train, run_cli
 #: The default run as `make train` runs it, minus what only costs time here (no exported pipeline,
 #: no intermediate grids), plus guidance 1 and 7.5 beside the default 3 for (c).
 DEFAULT_RUN = [
-    "export_pipeline=false",
+    "export.enabled=false",
     "eval.every_n_steps=0",
     "callbacks.progress_bar=null",
     "eval.guidance_scales=[3.0,1.0,7.5]",
@@ -71,7 +71,7 @@ def test_d_a_short_sweep_finds_a_trial_clearly_better_than_the_worst(tmp_path, c
         "eval.val_every_n_steps=0",
         "pruning.metric=null",  # the preset's (val/loss) is measured no more
         "callbacks.progress_bar=null",
-        "export_pipeline=false",
+        "export.enabled=false",
         f"paths.cache_dir={cache_dir}",
         cwd=tmp_path,
     )

@@ -240,6 +240,6 @@ def test_fsdp_preset_builds_its_strategy_and_refuses_what_needs_the_whole_model(
     assert strategy._state_dict_type == "full"
     with pytest.raises(UserInputError, match=r"trainer=fsdp shards the model.*add eval.every_n_steps=0 eval.at_start"):
         plan_run(cfg)
-    off = ["eval.every_n_steps=0", "eval.at_start=false", "eval.final=false", "export_pipeline=false"]
+    off = ["eval.every_n_steps=0", "eval.at_start=false", "eval.final=false", "export.enabled=false"]
     assert plan_run(make_cfg("trainer=fsdp", *off)).sharded
     assert not plan_run(make_cfg()).sharded

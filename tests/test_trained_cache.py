@@ -14,7 +14,7 @@ def test_the_key_ignores_sampling_evaluation_logging_and_places(make_cfg):
     base = training_setting(make_cfg())
     same = [
         ("eval.guidance_scale=3", "eval.num_inference_steps=9", "eval.metrics=none"),
-        ("logger=none", "task_name=other", "optimized_metric=eval/score", "export_pipeline=false"),
+        ("logger=none", "task_name=other", "optimized_metric=eval/score", "export.enabled=false"),
         (
             "callbacks.model_checkpoint.every_n_train_steps=7",
             "callbacks.progress_bar=null",

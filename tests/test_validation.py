@@ -129,7 +129,7 @@ def test_early_stopping_stops_when_the_signal_stalls_and_keeps_the_best_step(mak
             "callbacks=early_stopping",
             "callbacks.early_stopping.monitor=val/loss_instance",
             "callbacks.early_stopping.patience=1",
-            "export_pipeline=false",
+            "export.enabled=false",
             name="stopped",
         )
     )

@@ -172,6 +172,10 @@ class DbexpOptunaSweeperConfig:
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats in the storage
     grace_period: int | None = None  # a RUNNING trial without a heartbeat for this long belongs to a dead
     #   worker: it is failed and its slot retried (null: 3 × heartbeat_interval)
+    # which finished trials keep their export and trained-weights cache entry: all | best (keep_best of them) |
+    # front (the Pareto front); the others keep metrics, samples and logs (dbexp.trial_retention)
+    keep: str = "all"
+    keep_best: int = 3
 
 
 store = ConfigStore.instance()

@@ -40,9 +40,12 @@ from optuna.trial import TrialState
 
 from dbexp import metric_suites
 from dbexp.config import moved_key
+from dbexp.console import format_bytes
 from dbexp.errors import UserInputError, stop
 from dbexp.extras import require, require_for_url
 from dbexp.sweep_trial import job_overrides, open_storage, register_in_process
+from dbexp.trial_retention import RUN_DIR, check_keep
+from dbexp.trial_retention import apply as apply_retention
 
 log = logging.getLogger(__name__)
 RESULTS = "optimization_results.yaml"
@@ -219,6 +222,8 @@ class DbexpOptunaSweeper(Sweeper):
         heartbeat_interval: int = 10,
         grace_period: int | None = None,
         n_trials_in_total: bool = True,
+        keep: str = "all",
+        keep_best: int = 3,
     ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         several = isinstance(direction, Sequence | ListConfig) and not isinstance(direction, str)
@@ -232,6 +237,7 @@ class DbexpOptunaSweeper(Sweeper):
         self.custom_search_space = custom_search_space
         self.heartbeat_interval = max(1, heartbeat_interval)
         self.grace_period = grace_period if grace_period is not None else 3 * self.heartbeat_interval
+        self.keep, self.keep_best = keep, keep_best
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -240,6 +246,7 @@ class DbexpOptunaSweeper(Sweeper):
             self.check_extras(config)
             objective = OmegaConf.select(config, "optimized_metric", default=None, throw_on_resolution_failure=False)
             check_directions(objective, self.directions)
+            check_keep(self.keep, self.keep_best)
             self.check_moved_keys()
         except UserInputError as err:  # before the launcher, the study and any trial
             stop(err)
@@ -364,9 +371,19 @@ class DbexpOptunaSweeper(Sweeper):
                 returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
             self.job_idx += len(batch)
             for (trial, _), result in zip(batch, returns, strict=True):
+                if result.hydra_cfg is not None:  # where the trial's folder is, for retention (any worker)
+                    trial.set_user_attr(RUN_DIR, str(result.hydra_cfg.hydra.runtime.output_dir))
                 self.tell(study, trial, result)
+            self.release(study)
             self.check_failure_rate(study)
+        self.release(study)
         self.write_results(study)
+
+    def release(self, study: optuna.Study) -> None:
+        """``keep``: trials that are not (or no longer) among the kept lose their export and trained weights."""
+        freed = apply_retention(study, self.keep, self.keep_best)
+        if freed:
+            log.info("keep=%s: %s released", self.keep, format_bytes(freed))
 
     # --- workers that die ---------------------------------------------------------------------------
     def beat(self, trials: list[optuna.Trial]) -> None:

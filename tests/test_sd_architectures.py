@@ -1,0 +1,132 @@
+"""The real architectures end to end (``make test-sd``; not in ``make test``: minutes each and up to 16 GB):
+SD1.5 full fine-tune and LoRA, SD2.1 LoRA (v-prediction), random weights (``model.init=random``: no download)
+at 64 px — train, checkpoint, resume, export in every format, load, generate, evaluate."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dbexp.export import SINGLE_FILE, read_metadata
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.sd
+
+RUN = [
+    "model.init=random",
+    "data.resolution=64",
+    "data.subject=dog",
+    "trainer.max_steps=2",
+    "trainer.log_every_n_steps=1",
+    "prior.num_class_images=2",
+    "prior.num_inference_steps=2",
+    "eval.metrics=tiny",
+    "eval.num_prompts=1",
+    "eval.images_per_prompt=2",
+    "eval.pres_images=1",
+    "eval.num_inference_steps=2",
+    "eval.baseline=false",
+    "eval.at_start=false",
+    "eval.every_n_steps=0",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "callbacks.model_checkpoint.save_top_k=1",
+    "callbacks.progress_bar=null",
+    "export.formats=[diffusers,single_file]",
+    "logger=csv",
+]
+CASES = {
+    "sd15-full": ["model=sd15"],
+    "sd15-lora": ["model=sd15", "finetune=lora", "finetune.train_text_encoder=true", "optimizer.lr=1e-3"],
+    "sd21-lora": ["model=sd21", "finetune=lora", "optimizer.lr=1e-3"],
+}
+
+
+def _draw(pipeline) -> np.ndarray:
+    generator = torch.Generator().manual_seed(0)
+    return pipeline(
+        "a photo of sks dog", num_inference_steps=2, height=64, width=64, generator=generator, output_type="np"
+    ).images
+
+
+def _load(folder, **kwargs):
+    return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False, **kwargs)
+
+
+def _run_dir(stdout: str) -> Path:
+    return Path(re.findall(r"^run dir: (\S+)", stdout, flags=re.M)[-1])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_real_architecture_trains_resumes_exports_loads_generates_and_evaluates(case, tmp_path_factory):
+    work = tmp_path_factory.mktemp(case)
+    cache = tmp_path_factory.getbasetemp() / "sd-cache"  # the random bases are built once for the session
+    args = [*CASES[case], *RUN, f"paths.cache_dir={cache}"]
+
+    first = run_cli("dbexp.train", *args, cwd=work, timeout=1800)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = _run_dir(first.stdout)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_symlink()
+
+    resumed = run_cli("dbexp.train", *args, "ckpt_path=last", "trainer.max_steps=3", cwd=work, timeout=1800)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in resumed.stderr
+    second = _run_dir(resumed.stdout)
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert (metrics["step"], metrics["train/steps_run"]) == (3, 1)
+    assert "eval/score" in metrics
+
+    export = second / "pipeline"
+    lora = "lora" in case
+    single = export / SINGLE_FILE["lora" if lora else "full"]
+    for file in export.rglob("*.safetensors"):
+        meta = read_metadata(file)
+        assert json.loads(meta["dbexp.metrics"])["step"] == 3, file
+    if lora:  # the kohya file draws what diffusers' LoRA file draws
+        base = json.loads((export / "dbexp.json").read_text())["base"]["pretrained"]
+        pipeline = _load(base)
+        pipeline.load_lora_weights(export)
+        expected = _draw(pipeline)
+        pipeline = _load(base)
+        pipeline.load_lora_weights(str(export), weight_name=single.name)
+        np.testing.assert_allclose(_draw(pipeline), expected, atol=1e-4)
+    else:  # float16 on disk; the single file draws what the folder draws
+        unet_file = export / "unet" / "diffusion_pytorch_model.safetensors"
+        assert unet_file.stat().st_size < 2.01 * 859_520_964  # float16: 2 bytes a weight of SD1.5's UNet
+        expected = _draw(_load(export))
+        from_single = StableDiffusionPipeline.from_single_file(
+            single, config=str(export), local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
+        np.testing.assert_allclose(_draw(from_single), expected, atol=1e-5)
+
+    generated = run_cli(
+        "dbexp.generate",
+        f"pipeline={export}",
+        "prompt=a sks dog",
+        "num_images=1",
+        "num_inference_steps=2",
+        "resolution=64",
+        cwd=work,
+        timeout=1800,
+    )
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    evaluated = run_cli(
+        "dbexp.evaluate",
+        f"pipeline={export}",
+        "data.subject=dog",
+        "data.resolution=64",
+        "eval.metrics=tiny",
+        "eval.num_prompts=1",
+        "eval.images_per_prompt=2",
+        "eval.pres_images=1",
+        "eval.num_inference_steps=2",
+        f"paths.cache_dir={cache}",
+        cwd=work,
+        timeout=1800,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    out = Path(re.findall(r"^evaluation dir: (\S+)", evaluated.stdout, flags=re.M)[-1])
+    assert "eval/score" in json.loads((out / "metrics.json").read_text())
