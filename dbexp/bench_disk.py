@@ -22,24 +22,6 @@ from omegaconf import OmegaConf
 from dbexp import SWEEPS_DIR
 from dbexp.console import format_bytes
 
-#: One real-architecture trial, cheap in everything that does not change the sizes on disk.
-TRIAL = [
-    "model=sd15",
-    "model.init=random",
-    "data.resolution=64",
-    "trainer.max_steps=2",
-    "prior.num_class_images=2",
-    "prior.num_inference_steps=2",
-    "eval.metrics=tiny",
-    "eval.num_prompts=1",
-    "eval.images_per_prompt=2",
-    "eval.pres_images=1",
-    "eval.num_inference_steps=2",
-    "eval.baseline=false",
-    "eval.at_start=false",
-    "eval.every_n_steps=0",
-    "callbacks.progress_bar=null",
-]
 #: The SD presets' disk settings.
 DISK = [
     "callbacks.model_checkpoint.save_top_k=1",
@@ -94,16 +76,20 @@ def preset_sweeper(preset: str) -> dict:
 
 
 def bench_disk(root: Path, overrides: list[str], preset: str) -> dict:
-    from dbexp.bench_harness import compose_config
+    from dbexp.bench_harness import SMALL_REAL_RUN, compose_config
     from dbexp.export import SINGLE_FILE, export_dtype
     from dbexp.train import run
 
     sweeper = preset_sweeper(preset)
     n, keep = sweeper["n_trials"], sweeper["keep"]
-    k = n if keep == "all" else sweeper["keep_best"] if keep == "best" else 1
+    k = n if keep == "all" else int(sweeper["keep_best"])  # front: counted as keep_best (its size is the sweep's)
     given = {o.split("=", 1)[0] for o in overrides}
     model_given = "model" in given  # another model: none of the SD1.5 trial's model keys
-    trial = [o for o in TRIAL if o.split("=", 1)[0] not in given and not (model_given and o.startswith("model"))]
+    trial = [
+        o
+        for o in ["model=sd15", *SMALL_REAL_RUN]
+        if o.split("=", 1)[0] not in given and not (model_given and o.startswith("model"))
+    ]
     cfg = compose_config(root, "trial", [f"paths.cache_dir={root / 'cache'}", *trial, *DISK, *overrides])
     run(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -122,7 +108,7 @@ def bench_disk(root: Path, overrides: list[str], preset: str) -> dict:
     now = n * small + k * (export + entry)
     print(
         f"\ndbexp bench disk — one trial of {cfg.model.name} (init={cfg.model.init}, {cfg.data.resolution} px, "
-        f"{cfg.finetune.method}), preset {preset}: {n} trials, keep={keep} ({k})"
+        f"{cfg.finetune.method}), preset {preset}: {n} trials, keep={keep} ({k} kept)"
     )
     for name, size in sizes.items():
         print(f"  {name:<44} {format_bytes(size):>12}")

@@ -82,6 +82,26 @@ QUIET = [
 ]
 
 
+#: One real-architecture run (random weights at 64 px, 2 steps), cheap in all that does not change what its weights,
+#: optimizer state and exports weigh: ``bench disk`` and ``make test-sd`` (add ``model=sd15|sd21``).
+SMALL_REAL_RUN = [
+    "model.init=random",
+    "data.resolution=64",
+    "trainer.max_steps=2",
+    "prior.num_class_images=2",
+    "prior.num_inference_steps=2",
+    "eval.metrics=tiny",
+    "eval.num_prompts=1",
+    "eval.images_per_prompt=2",
+    "eval.pres_images=1",
+    "eval.num_inference_steps=2",
+    "eval.baseline=false",
+    "eval.at_start=false",
+    "eval.every_n_steps=0",
+    "callbacks.progress_bar=null",
+]
+
+
 def compose_config(root: Path, name: str, overrides: list[str]) -> DictConfig:
     """The train config with every folder under ``root`` (a benchmark never touches the user's outputs)."""
     from hydra import compose, initialize_config_dir

@@ -301,6 +301,7 @@ class Stages:
                     cfg, parts, plan.instance_images, plan.instance_prompt, plan.validation_class_prompt, self.device
                 )
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
+        release_training_state(trainer, module)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics |= {"step": trainer.global_step, "train/steps_run": trainer.global_step - module.start_step}
         history = in_training(self.callbacks)
@@ -379,6 +380,14 @@ class Stages:
         (run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
         log_run_files(self.loggers, run_dir)
         announce(f"run dir: {run_dir} (metrics.json, checkpoints/, pipeline/, samples/)")
+
+
+def release_training_state(trainer: L.Trainer, module: DreamBoothModule) -> None:
+    """After training, what only training (or a resume, which reads the checkpoint) needs: the optimizer's
+    moments and the gradients (an SD1.5 full fine-tune: 6.9 + 3.4 GB), freed before evaluation and export."""
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
+    module.zero_grad(set_to_none=True)
 
 
 def make_module(cfg: DictConfig, plan: RunPlan, parts, text_embeddings, offload=()) -> DreamBoothModule:

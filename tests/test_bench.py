@@ -122,3 +122,16 @@ def test_a_stopped_bench_stops_its_sweep(tmp_path):
     assert parent.wait(timeout=60) == 128 + signal.SIGTERM
     with pytest.raises(ProcessLookupError):  # the child has been stopped and reaped
         os.kill(sweep_pid, 0)
+
+
+def test_bench_disk_counts_a_preset_from_one_trial(tmp_path, capsys):
+    main(["disk", "model=tiny", "trainer.max_steps=2", "--json", str(tmp_path / "d.json")])
+    out = capsys.readouterr().out
+    numbers = json.loads((tmp_path / "d.json").read_text())
+    sizes = numbers["sizes"]
+    assert (numbers["trials"], numbers["kept"]) == (40, 3)  # lr_prior_guidance: 40 trials, keep the best 3
+    step, export, entry, small = list(sizes.values())[:4]
+    assert step > entry > 0 and export > entry and 0 < small < entry  # tiny: the export is float32 + a single file
+    assert numbers["before_bytes"] == 40 * (2 * step + sizes["export as before (float32, diffusers)"] + entry + small)
+    assert numbers["now_bytes"] == 40 * small + 3 * (export + entry)
+    assert "now ÷ before:" in out

@@ -11,30 +11,18 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from dbexp.bench_harness import SMALL_REAL_RUN
 from dbexp.export import SINGLE_FILE, read_metadata
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.sd
 
 RUN = [
-    "model.init=random",
-    "data.resolution=64",
+    *SMALL_REAL_RUN,
     "data.subject=dog",
-    "trainer.max_steps=2",
     "trainer.log_every_n_steps=1",
-    "prior.num_class_images=2",
-    "prior.num_inference_steps=2",
-    "eval.metrics=tiny",
-    "eval.num_prompts=1",
-    "eval.images_per_prompt=2",
-    "eval.pres_images=1",
-    "eval.num_inference_steps=2",
-    "eval.baseline=false",
-    "eval.at_start=false",
-    "eval.every_n_steps=0",
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "callbacks.model_checkpoint.save_top_k=1",
-    "callbacks.progress_bar=null",
     "export.formats=[diffusers,single_file]",
     "logger=csv",
 ]
