@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="cache, train: alternating rounds of the settings")
     ap.add_argument("--presets", default="default,24gb,16gb,12gb", help="train: memory presets (comma-separated)")
     ap.add_argument("--finetune", default="full,lora", help="train: fine-tuning modes (comma-separated)")
+    ap.add_argument("--no-bare", action="store_true", help="train: no bare-loop reference (peak memory only)")
     ap.add_argument("--peak-tflops", type=float, help="train: the GPU's dense bf16 peak for MFU (else from its name)")
     ap.add_argument("--trials", type=int, default=20, help="pruning, signals: trials per sweep")
     ap.add_argument("--pruned", action="append", help="pruning: an override for the pruned sweep only (repeatable)")
@@ -423,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                 warmup=args.warmup,
                 rounds=args.rounds,
                 peak_tflops=args.peak_tflops,
+                bare=not args.no_bare,
             )
         elif args.flops_only:
             from dbexp.bench_harness import compose_config

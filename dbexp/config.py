@@ -240,6 +240,7 @@ class EvaluateConfig:
     pipeline: str = MISSING
     device: str = "auto"
     dtype: str = "auto"
+    resolution: int | None = None  # null: the pipeline's native size
     data: DataConfig = MISSING
     eval: EvalConfig = MISSING
     paths: PathsConfig = MISSING

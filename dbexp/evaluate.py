@@ -32,6 +32,8 @@ def run(cfg: DictConfig) -> dict:
     quiet_known_noise()
     check_data_config(cfg.data)
     check_eval_config(cfg.eval)
+    if cfg.resolution is not None and (cfg.resolution < 8 or cfg.resolution % 8):
+        raise UserInputError(f"resolution={cfg.resolution}: must be a positive multiple of 8 (or null: native)")
     subject = resolve_subject(cfg.data)
     if not subject.class_noun:
         raise UserInputError("evaluation needs the subject's class: set data.class_noun=<noun>")
@@ -46,13 +48,14 @@ def run(cfg: DictConfig) -> dict:
     pipeline = load_pipeline(cfg.pipeline, cfg.device, cfg.dtype)
     pipeline.scheduler = sampler(pipeline.scheduler, cfg.eval.sampler)
     models = load_metric_models(suite, cfg.eval, cfg.paths.cache_dir, pipeline.device)
-    native = pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # the model's own image size
+    size = cfg.resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor  # null: its own size
     with open_loggers(cfg.logger) as loggers:
-        evaluation = evaluate_at_scales(pipeline, models, real_images, prompts, cfg.eval, native, out, loggers)
+        evaluation = evaluate_at_scales(pipeline, models, real_images, prompts, cfg.eval, size, out, loggers)
     evaluation |= {
         "pipeline": str(Path(cfg.pipeline).expanduser().resolve()),
         "subject": str(subject.instance_dir),
         "class_noun": subject.class_noun,
+        "resolution": size,
     }
     (out / "metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")  # guidance scales in given order
     announce(summary_table(evaluation))

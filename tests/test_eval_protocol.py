@@ -126,7 +126,7 @@ def test_the_evaluate_command_end_to_end(make_cfg, tmp_path, cache_dir):
         f"pipeline={Path(cfg.paths.output_dir) / 'pipeline'}",
         "data.subject=dog",
         "eval.guidance_scales=[3,5,7.5,10]",
-        "data.resolution=32",
+        "resolution=24",  # not the tiny model's own 32 px
         "eval.num_prompts=3",
         "eval.images_per_prompt=2",
         "eval.pres_images=2",
@@ -141,4 +141,5 @@ def test_the_evaluate_command_end_to_end(make_cfg, tmp_path, cache_dir):
     assert saved["models"]["suite"] == "tiny"  # the exported model says which suite suits it
     assert len(list(csv.DictReader((out / "per_prompt.csv").open()))) == 4 * 3
     assert len(list(out.glob("guidance_*.png"))) == 4
+    assert saved["resolution"] == 24
     assert re.search(r"^\s+7\.5\s+-?\d\.\d{3}", result.stdout, flags=re.M)  # the summary table

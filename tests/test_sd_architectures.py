@@ -105,7 +105,7 @@ def test_real_architecture_trains_resumes_exports_loads_generates_and_evaluates(
         "dbexp.evaluate",
         f"pipeline={export}",
         "data.subject=dog",
-        "data.resolution=64",
+        "resolution=64",
         "eval.metrics=tiny",
         "eval.num_prompts=1",
         "eval.images_per_prompt=2",
