@@ -102,6 +102,7 @@ def export_run(module, cfg, folder: str | Path, metrics: dict[str, Any]) -> Path
             if file.name not in SINGLE_FILE.values():
                 rewrite_safetensors(file, dtype, header)
         (staging / METADATA).write_text(json.dumps(pointer, indent=2) + "\n")
+        readable(staging)
     log.info("pipeline exported to %s", folder)
     return folder
 
@@ -144,6 +145,16 @@ def rewrite_safetensors(path: Path, dtype, metadata: dict[str, str]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_safetensors(state, tmp, dtype, header)
     os.replace(tmp, path)
+
+
+def readable(folder: Path) -> None:
+    """Every file as the umask allows: safetensors writes its files 0600, which others on a shared server
+    could not load."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for file in folder.rglob("*"):
+        if file.is_file():
+            file.chmod(0o666 & ~mask)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

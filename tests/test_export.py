@@ -3,6 +3,7 @@
 export.dtype, and what every file's header says about its making."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from dbexp.train import run
 from tests.conftest import CONF
 
 PROMPT = "a photo of sks dog"
+UMASK = os.umask(0)
+os.umask(UMASK)
 SINGLE = ["export.formats=[diffusers,single_file]"]
 
 
@@ -43,6 +46,7 @@ def _check_headers(folder: Path, dtype: torch.dtype, metrics: dict) -> None:
     files = sorted(folder.rglob("*.safetensors"))
     assert files
     for file in files:
+        assert file.stat().st_mode & 0o777 == 0o666 & ~UMASK, file  # as the umask allows (not safetensors' 0600)
         meta = read_metadata(file)
         assert meta["format"] == "pt" and meta["dbexp.version"] == __version__, file
         assert json.loads(meta["dbexp.metrics"])["train/loss"] == pytest.approx(metrics["train/loss"])

@@ -117,4 +117,5 @@ def test_real_architecture_trains_resumes_exports_loads_generates_and_evaluates(
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     out = Path(re.findall(r"^evaluation dir: (\S+)", evaluated.stdout, flags=re.M)[-1])
-    assert "eval/score" in json.loads((out / "metrics.json").read_text())
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["resolution"] == 64 and "eval/score" in saved["guidance_scales"]["7.5"]
