@@ -1,9 +1,11 @@
-"""The real architectures end to end (``make test-sd``; not in ``make test``: minutes each and up to 16 GB):
+"""The real architectures end to end (``make test-sd``; not in ``make test``: minutes each, up to 16 GB of memory
+and 35 GB of disk while a case runs — each case's folder and the built bases are removed after it):
 SD1.5 full fine-tune and LoRA, SD2.1 LoRA (v-prediction), random weights (``model.init=random``: no download)
 at 64 px — train, checkpoint, resume, export in every format, load, generate, evaluate."""
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +50,24 @@ def _run_dir(stdout: str) -> Path:
     return Path(re.findall(r"^run dir: (\S+)", stdout, flags=re.M)[-1])
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The random bases, built once for the module (SD1.5 4 GB, SD2.1 5 GB), removed after it."""
+    folder = tmp_path_factory.mktemp("sd-cache")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def work(tmp_path_factory, request):
+    """A case's folder: two step files of 10.3 GB and two exports for SD1.5's full fine-tune; removed after it."""
+    folder = tmp_path_factory.mktemp(request.node.callspec.id)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_real_architecture_trains_resumes_exports_loads_generates_and_evaluates(case, tmp_path_factory):
-    work = tmp_path_factory.mktemp(case)
-    cache = tmp_path_factory.getbasetemp() / "sd-cache"  # the random bases are built once for the session
+def test_real_architecture_trains_resumes_exports_loads_generates_and_evaluates(case, work, cache):
     args = [*CASES[case], *RUN, f"paths.cache_dir={cache}"]
 
     first = run_cli("dbexp.train", *args, cwd=work, timeout=1800)
