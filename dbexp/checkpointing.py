@@ -74,7 +74,9 @@ def release_finished(folder: Path, weights_elsewhere: bool) -> int:
         return 0
     files = [f for f in folder.iterdir() if f.is_file() and not f.is_symlink()]
     before = sum(f.stat().st_size for f in files)
-    newest = max(files, key=lambda f: f.stat().st_mtime, default=None)
+    last = folder / "last.ckpt"  # names the newest step file (else: the latest written, then the highest name)
+    newest = folder / last.resolve().name if last.is_symlink() and last.resolve().is_file() else None
+    newest = newest or max(files, key=lambda f: (f.stat().st_mtime, f.name), default=None)
     if weights_elsewhere or newest is None:
         shutil.rmtree(folder)
         return before
@@ -85,7 +87,7 @@ def release_finished(folder: Path, weights_elsewhere: bool) -> int:
         torch.save(kept, f)
     del state
     for f in folder.iterdir():
-        if f != newest and (f.is_symlink() or f.is_file()):
+        if f.name != newest.name and (f.is_symlink() or f.is_file()):
             f.unlink()
     if not (folder / "last.ckpt").exists():
         (folder / "last.ckpt").symlink_to(newest.name)
