@@ -96,7 +96,7 @@ def export_run(module, cfg, folder: str | Path, metrics: dict[str, Any]) -> Path
         else:
             write_pipeline(module.model_parts(), staging)
             if single:
-                state = single_file_state(module.unet, module.vae, module.text_encoder, dtype)
+                state = single_file_state(module.unet, module.vae, module.text_encoder)
                 save_safetensors(state, staging / SINGLE_FILE["full"], dtype, header)
         for file in staging.rglob("*.safetensors"):
             if file.name not in SINGLE_FILE.values():
@@ -128,6 +128,7 @@ def safetensors_metadata(module, cfg, metrics: dict[str, Any]) -> dict[str, str]
 
 
 def save_safetensors(state: dict, path: Path, dtype, metadata: dict[str, str]) -> None:
+    """``state`` written with its floating tensors in ``dtype`` (the one place exports are cast)."""
     from safetensors.torch import save_file
 
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in state.items()}

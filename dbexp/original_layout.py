@@ -137,19 +137,15 @@ def check_writable(text_encoder) -> None:
         )
 
 
-def single_file_state(unet, vae, text_encoder, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The whole pipeline's weights in the original layout, floating tensors cast to ``dtype``."""
+def single_file_state(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """The whole pipeline's weights under their original-layout names (the tensors themselves, not copies)."""
     check_writable(text_encoder)
     parts = [
         (UNET_PREFIX, rename(unet.state_dict(), unet_prefixes(unet.config))),
         (VAE_PREFIX, vae_to_original(vae.state_dict(), vae.config)),
         (CLIP_PREFIX, text_encoder_to_original(text_encoder.state_dict())),
     ]
-    return {
-        prefix + key: (value.to(dtype) if value.is_floating_point() else value).detach().cpu().contiguous()
-        for prefix, state in parts
-        for key, value in state.items()
-    }
+    return {prefix + key: value for prefix, state in parts for key, value in state.items()}
 
 
 def lora_to_kohya(
