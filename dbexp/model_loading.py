@@ -1,11 +1,12 @@
-"""Owner of ``conf/model``: where the base model comes from and how its five parts are loaded.
+"""Owner of ``conf/model``: where the base model comes from and how its parts are loaded.
 
 One function, :func:`load_components`, loads tokenizer, text encoder, VAE, UNet and noise
-scheduler from a hub id or a local diffusers folder. ``model=tiny`` builds a small
-SD-architecture model from its config (random weights), saves it once in diffusers layout
-under the cache root and then loads it through that same function, so tests exercise the
-path SD1.5 takes. ``model.init=random`` does the same with a full architecture (SD1.5, SD2.1: benchmarks
-and the real-architecture tests), so its exports name a base model that loads.
+scheduler (SDXL: also its second tokenizer and text encoder) from a hub id or a local diffusers
+folder. ``model=tiny`` builds a small SD-architecture model from its config (random weights), saves
+it once in diffusers layout under the cache root and then loads it through that same function, so
+tests exercise the path SD1.5 takes (``model=tiny_xl``: SDXL's). ``model.init=random`` does the same
+with a full architecture (SD1.5, SD2.1, SDXL: benchmarks and the real-architecture tests), so its
+exports name a base model that loads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import diffusers
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dbexp.atomic_files import atomic_path
 from dbexp.config import ModelConfig
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+#: SDXL's second text encoder (OpenCLIP bigG, with the projection whose pooled output conditions the UNet).
+XL_PARTS = ("tokenizer_2", "text_encoder_2")
 INIT_MODES = ("pretrained", "random")
 #: Bumped whenever the way a built model is written changes, so stale cache entries are not reused.
 BUILD_FORMAT = 2
@@ -54,10 +57,34 @@ class ModelParts:
     source: str  # where the weights came from (hub id, folder, or "random")
     #: A content fingerprint per part (tokenizer, text_encoder, vae, unet, scheduler): what caches key on.
     identity: dict[str, str] = field(default_factory=dict)
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL only
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL only
+
+    @property
+    def xl(self) -> bool:
+        """SDXL: two text encoders, and a UNet conditioned on the pooled text embedding and time ids."""
+        return self.text_encoder_2 is not None
+
+    def pipeline(self, unet=None, scheduler: SchedulerMixin | None = None):
+        """A sampling pipeline over these parts (``unet``, ``scheduler``: others in their place)."""
+        return build_pipeline(
+            self.vae,
+            self.text_encoder,
+            self.tokenizer,
+            unet if unet is not None else self.unet,
+            scheduler if scheduler is not None else self.inference_scheduler,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+        )
 
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Config errors found before anything loads."""
+    if "text_encoder_2" in cfg.architecture:
+        raise UserInputError(
+            f"model={cfg.name}: SDXL loads and saves (two text encoders), but dbexp does not train, sample or "
+            "evaluate it yet; use model=sd15 or model=sd21"
+        )
     if cfg.init not in INIT_MODES:
         raise UserInputError(f"model.init={cfg.init}: use one of {', '.join(INIT_MODES)}")
     if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:
@@ -102,6 +129,14 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", dtype=torch.float32, **weights)
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", dtype=torch.float32, **weights)
     scheduler_config = DDPMScheduler.load_config(folder, subfolder="scheduler")
+    xl = {}
+    if (Path(folder) / "text_encoder_2").is_dir():
+        xl = {
+            "tokenizer_2": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", dtype=torch.float32, **weights
+            ),
+        }
     log.info("model: loaded %s", pretrained)
     return ModelParts(
         tokenizer=tokenizer,
@@ -111,7 +146,8 @@ def load_components(pretrained: str, revision: str | None = None, variant: str |
         noise_scheduler=DDPMScheduler.from_config(scheduler_config),
         inference_scheduler=_scheduler_from_config(scheduler_config),
         source=pretrained,
-        identity={part: folder_digest(Path(folder) / part) for part in PARTS},
+        identity={part: folder_digest(Path(folder) / part) for part in PARTS + (XL_PARTS if xl else ())},
+        **xl,
     )
 
 
@@ -126,11 +162,17 @@ def build_components(architecture: dict[str, Any]) -> ModelParts:
             f"model.architecture.text_encoder.vocab_size={text_config.vocab_size} is smaller than the "
             f"built tokenizer ({len(tokenizer)} tokens); raise it"
         )
+    xl = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(arch.get("seed", 0)))
         unet = UNet2DConditionModel(**arch["unet"])
         vae = AutoencoderKL(**arch["vae"])
         text_encoder = CLIPTextModel(text_config)
+        if "text_encoder_2" in arch:  # SDXL: the same built vocabulary for both tokenizers
+            xl = {
+                "tokenizer_2": build_clip_tokenizer(words, model_max_length=text_config.max_position_embeddings),
+                "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**arch["text_encoder_2"])),
+            }
     inference_scheduler = _scheduler_from_config(arch["scheduler"])
     spec = json.dumps(arch, sort_keys=True, default=str)
     return ModelParts(
@@ -142,8 +184,23 @@ def build_components(architecture: dict[str, Any]) -> ModelParts:
         inference_scheduler=inference_scheduler,
         source="random",
         # Seeded weights: the architecture (with its seed) is the content.
-        identity={part: text_digest(f"random:{part}:{spec}") for part in PARTS},
+        identity={part: text_digest(f"random:{part}:{spec}") for part in PARTS + (XL_PARTS if xl else ())},
+        **xl,
     )
+
+
+def parameter_counts(architecture: dict[str, Any]) -> dict[str, int]:
+    """Parameters per trained-or-frozen part of ``architecture``, counted on the meta device (nothing allocated:
+    SDXL's 3.5 B in a test)."""
+    arch = _plain(architecture)
+    builders = {
+        "unet": lambda: UNet2DConditionModel(**arch["unet"]),
+        "vae": lambda: AutoencoderKL(**arch["vae"]),
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**arch["text_encoder"])),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**arch["text_encoder_2"])),
+    }
+    with torch.device("meta"):
+        return {part: sum(p.numel() for p in build().parameters()) for part, build in builders.items() if part in arch}
 
 
 def materialize_architecture(name: str, architecture: dict[str, Any], cache_dir: str | Path) -> Path:
@@ -182,9 +239,9 @@ def save_pipeline(
 
 
 def write_pipeline(parts: ModelParts, folder: Path) -> None:
-    """The parts as a ``StableDiffusionPipeline`` folder, in place (no staging: the caller's)."""
-    pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.inference_scheduler)
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    """The parts as a ``StableDiffusionPipeline`` (SDXL: ``StableDiffusionXLPipeline``) folder, in place (no
+    staging: the caller's)."""
+    parts.pipeline().save_pretrained(folder, safe_serialization=True)
 
 
 def with_prediction_type(parts: ModelParts, prediction_type: str) -> ModelParts:
@@ -251,9 +308,10 @@ def hub_or_folder(source: str, key: str, revision: str | None = None, allow_patt
 
 def _hub_files(variant: str | None) -> list[str]:
     suffix = f".{variant}" if variant else ""
-    files = ["model_index.json", "tokenizer/*", "scheduler/*", "*/config.json"]
+    files = ["model_index.json", "tokenizer/*", "tokenizer_2/*", "scheduler/*", "*/config.json"]
     for part, stem in (
         ("text_encoder", "model"),
+        ("text_encoder_2", "model"),
         ("vae", "diffusion_pytorch_model"),
         ("unet", "diffusion_pytorch_model"),
     ):

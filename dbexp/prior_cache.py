@@ -29,7 +29,7 @@ from dbexp.errors import UserInputError
 from dbexp.fingerprint import fields_key
 from dbexp.images import load_image_folder, load_image_rgb
 from dbexp.model_loading import ModelParts
-from dbexp.sampling import build_pipeline, check_sampler, generate, sampler
+from dbexp.sampling import check_sampler, generate, sampler
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -128,9 +128,7 @@ def image_path(folder: Path, index: int) -> Path:
 def _generate_missing(
     cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int, folder: Path, have: int, wanted: int
 ) -> None:
-    pipeline = build_pipeline(
-        parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, sampler(parts.inference_scheduler, cfg.sampler)
-    )
+    pipeline = parts.pipeline(scheduler=sampler(parts.inference_scheduler, cfg.sampler))
     bar = tqdm(total=wanted, initial=have, desc="class images", unit="img")
     for begin in range(have, wanted, cfg.batch_size):
         indices = list(range(begin, min(begin + cfg.batch_size, wanted)))

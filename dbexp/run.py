@@ -57,7 +57,7 @@ from dbexp.model_loading import ModelParts, check_model_config, load_model
 from dbexp.optimization import check_optimizer_config
 from dbexp.prior_cache import check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.pruning import PruningCallback, pruning_metric, report_every, report_sign
-from dbexp.sampling import build_pipeline, sampler
+from dbexp.sampling import sampler
 from dbexp.sweep_tracking import check_logger_config
 from dbexp.sweep_trial import pruning_trial, trial_number
 from dbexp.tracking import describe_run, log_run_files
@@ -248,13 +248,7 @@ class Stages:
             return None
         for part in (parts.unet, parts.vae, parts.text_encoder):
             part.to(self.device)
-        pipeline = build_pipeline(
-            parts.vae,
-            parts.text_encoder,
-            parts.tokenizer,
-            parts.unet,
-            sampler(parts.inference_scheduler, cfg.eval.sampler),
-        )
+        pipeline = parts.pipeline(scheduler=sampler(parts.inference_scheduler, cfg.eval.sampler))
         scale = cfg.eval.guidance_scales[0]
         result = evaluate(
             pipeline,

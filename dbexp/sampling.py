@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import diffusers
 import torch
-from diffusers import SchedulerMixin, StableDiffusionPipeline
+from diffusers import SchedulerMixin, StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
@@ -42,8 +42,23 @@ def sampler(base: SchedulerMixin, name: str | None) -> SchedulerMixin:
     return getattr(diffusers, SAMPLERS[name]).from_config(base.config)
 
 
-def build_pipeline(vae, text_encoder, tokenizer, unet, scheduler: SchedulerMixin) -> StableDiffusionPipeline:
-    """A pipeline over live modules (no copies): what it draws is what the model has learnt so far."""
+def build_pipeline(
+    vae, text_encoder, tokenizer, unet, scheduler: SchedulerMixin, text_encoder_2=None, tokenizer_2=None
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A pipeline over live modules (no copies): what it draws is what the model has learnt so far. With a
+    second text encoder (SDXL): ``StableDiffusionXLPipeline`` (no invisible watermark: dbexp's pictures are
+    measured, and the watermark's package is not a dependency)."""
+    if text_encoder_2 is not None:
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -41,6 +41,7 @@ def test_bench_reuse_prints_its_table(capsys):
 
 def test_bench_pruning_runs_both_sweeps_and_prints_steps_and_best(capsys, tmp_path):
     smoke = ["debug=fast", "trainer.max_steps=4", "eval.metrics_every_n_steps=2", "eval.subset_prompts=1"]
+    smoke += ["eval.num_prompts=1", "eval.images_per_prompt=2", "eval.pres_images=2"]  # also the re-evaluation's
     main(["pruning", "--trials", "2", *smoke, "--json", str(tmp_path / "p.json")])
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("none ", "pruned "))}

@@ -34,7 +34,7 @@ from dbexp import CONF_DIR
 from dbexp.encoding_cache import tokenize
 from dbexp.losses import min_snr_weights, snr
 from dbexp.model_loading import ModelParts, build_components, save_pipeline
-from dbexp.sampling import build_pipeline, generate, make_grid
+from dbexp.sampling import generate, make_grid
 from dbexp.toy import judge
 from dbexp.toy.world import PATTERNS, WORDS, caption, random_caption, render, sample_scene, scenes
 
@@ -115,7 +115,7 @@ def fidelity_prompts(count: int, seed: int = 777) -> list[str]:
 @torch.no_grad()
 def measure_prompt_fidelity(parts: ModelParts, prompts: list[str], guidance_scale: float, seed: int = 0) -> dict:
     """The oracle's reading of one picture per prompt: overall and per attribute."""
-    pipeline = build_pipeline(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.inference_scheduler)
+    pipeline = parts.pipeline()
     images = generate(
         pipeline,
         prompts,
