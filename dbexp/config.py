@@ -26,6 +26,7 @@ class ModelConfig:
     pretrained: str | None = None  # hub id or local diffusers folder; null: build ``architecture`` into the cache
     revision: str | None = None
     variant: str | None = None
+    vae: str | None = None  # hub id or folder of a VAE used instead of the model's own (SDXL in fp16: its fp16 fix)
     init: str = "pretrained"  # pretrained | random (``architecture`` in memory, no download)
     resolution: int = 512
     prediction_type: str | None = None  # null: the scheduler's own

@@ -82,6 +82,7 @@ def export_run(module, cfg, folder: str | Path, metrics: dict[str, Any]) -> Path
                 "pretrained": module.base_source,
                 "revision": cfg.model.revision,
                 "variant": cfg.model.variant,
+                "vae": cfg.model.vae,  # the VAE it was trained with, when not the base's own
             }
             alpha = finetune.lora.alpha or finetune.lora.rank
             pointer["lora"] = {"rank": finetune.lora.rank, "alpha": alpha, "text_encoder": module.train_text_encoder}

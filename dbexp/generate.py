@@ -37,6 +37,8 @@ def load_pipeline(folder: str, device: str, dtype: str):
             "give <run dir>/pipeline of a finished dbexp.train run"
         )
     source = lora_base_folder(path) if lora else path
+    vae = lora_base_vae(path) if lora else None
+    extra = {"vae": vae} if vae is not None else {}
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
@@ -44,7 +46,12 @@ def load_pipeline(folder: str, device: str, dtype: str):
     if dtype not in DTYPES:
         raise UserInputError(f"dtype={dtype}: use auto, {', '.join(DTYPES)}")
     pipeline = StableDiffusionPipeline.from_pretrained(
-        source, dtype=getattr(torch, dtype), safety_checker=None, requires_safety_checker=False, use_safetensors=True
+        source,
+        dtype=getattr(torch, dtype),
+        safety_checker=None,
+        requires_safety_checker=False,
+        use_safetensors=True,
+        **extra,
     )
     if lora:
         pipeline.load_lora_weights(path)
@@ -63,6 +70,16 @@ def lora_base_folder(export: Path) -> Path:
         why = "was built with random weights (model.init=random), which were not saved" if source else "is not named"
         raise UserInputError(f"pipeline={export}: the base model of this LoRA export {why} in {metadata}")
     return hub_or_folder(source, f"the base model of {metadata}", base.get("revision"))
+
+
+def lora_base_vae(export: Path):
+    """The VAE a LoRA export was trained with in place of its base's own (``model.vae``), or None."""
+    from dbexp.export import METADATA
+    from dbexp.model_loading import load_vae
+
+    metadata = export / METADATA
+    source = json.loads(metadata.read_text()).get("base", {}).get("vae") if metadata.is_file() else None
+    return load_vae(source)[0] if source else None
 
 
 def run(cfg: DictConfig) -> list[Path]:

@@ -103,6 +103,8 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise UserInputError(
             f"model.pretrained={cfg.pretrained}: folder does not exist; give a diffusers folder or a hub id"
         )
+    if cfg.vae and _looks_like_path(cfg.vae) and not Path(cfg.vae).expanduser().is_dir():
+        raise UserInputError(f"model.vae={cfg.vae}: folder does not exist; give a diffusers VAE folder or a hub id")
 
 
 def load_model(cfg: ModelConfig, cache_dir: str | Path) -> ModelParts:
@@ -115,9 +117,25 @@ def load_model(cfg: ModelConfig, cache_dir: str | Path) -> ModelParts:
             log.info("model: %s architecture with random weights (no download), saved in %s", cfg.name, folder)
     else:
         parts = load_components(cfg.pretrained, revision=cfg.revision, variant=cfg.variant)
+    if cfg.vae:
+        parts.vae, parts.identity["vae"] = load_vae(cfg.vae)
     if cfg.prediction_type is not None:
         parts = with_prediction_type(parts, cfg.prediction_type)
     return parts
+
+
+def load_vae(source: str) -> tuple[AutoencoderKL, str]:
+    """``model.vae``: a VAE in place of the model's own (hub id, a VAE folder, or a pipeline folder with
+    ``vae/``), and its content fingerprint (what the latent cache keys on)."""
+    files = ["config.json", "diffusion_pytorch_model.safetensors", "vae/config.json", "vae/*.safetensors"]
+    folder = hub_or_folder(source, "model.vae", None, files)
+    if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    if not (folder / "config.json").is_file():
+        raise UserInputError(f"model.vae={source}: no config.json (nor vae/config.json); give a diffusers VAE folder")
+    vae = AutoencoderKL.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
+    log.info("model: VAE from %s", source)
+    return vae, folder_digest(folder)
 
 
 def load_components(pretrained: str, revision: str | None = None, variant: str | None = None) -> ModelParts:

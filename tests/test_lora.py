@@ -89,6 +89,22 @@ def test_lora_trains_checkpoints_and_exports_adapters_only(make_cfg):
     assert (longer["step"], longer["train/steps_run"]) == (6, 2)
 
 
+def test_a_lora_export_trained_with_another_vae_draws_with_it(make_cfg, tmp_path):
+    """``model.vae``: the LoRA export names the VAE it was trained with, and ``dbexp.generate`` puts it back."""
+    from diffusers import AutoencoderKL
+
+    cfg = make_cfg(*LORA)
+    base = load_model(cfg.model, cfg.paths.cache_dir)
+    AutoencoderKL.from_config(base.vae.config).save_pretrained(tmp_path / "my_vae")  # other weights
+    cfg = make_cfg(*LORA, f"model.vae={tmp_path / 'my_vae'}", "eval.final=false", name="vae")
+    run(cfg)
+    export = Path(cfg.paths.output_dir) / "pipeline"
+    assert json.loads((export / "dbexp.json").read_text())["base"]["vae"] == str(tmp_path / "my_vae")
+    loaded = load_pipeline(str(export), "cpu", "float32")
+    mine = AutoencoderKL.from_pretrained(tmp_path / "my_vae")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.vae.parameters(), mine.parameters(), strict=True))
+
+
 def test_lora_without_text_encoder_leaves_it_untouched(make_cfg):
     cfg = make_cfg("finetune.method=lora", "finetune.lora.unet_target_modules=[to_q,to_v]")
     module = make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)

@@ -91,6 +91,7 @@ def test_random_init_downloads_nothing_and_is_saved_once_in_the_cache(tmp_path):
         ("model.pretrained=./no/such/folder", "folder does not exist"),
         ("model.init=zeros", "model.init=zeros"),
         ("model.prediction_type=sample", "model.prediction_type=sample"),
+        ("model.vae=./no/such/vae", "model.vae=./no/such/vae: folder does not exist"),
     ],
 )
 def test_model_config_errors(tmp_path, override, message):
@@ -120,3 +121,20 @@ def test_the_default_toy_model_loads_from_the_package_through_the_sd_loader(tmp_
     assert parts.tokenizer.tokenize(prompt) == [f"{w}</w>" for w in prompt.split(" ")]  # a token per word
     report = json.loads((folder / "toy_pretrain.json").read_text())
     assert report["seconds"] <= 3600 and report["base_prompt_fidelity"]["3"]["prompt_fidelity"] >= 0.8
+
+
+def test_model_vae_replaces_the_vae_and_its_fingerprint(tmp_path, cache_dir):
+    """``model.vae``: another VAE (a VAE folder, or a pipeline folder's ``vae/``) in place of the model's own; the
+    latent cache keys on its content."""
+    base = load_model(compose_train(tmp_path, cache_dir, "model=tiny").model, cache_dir)
+    other = AutoencoderKL.from_config(base.vae.config)  # same shape, other weights
+    other.save_pretrained(tmp_path / "my_vae")
+    for source in (tmp_path / "my_vae", tmp_path):  # the folder itself; a folder holding vae/
+        if source == tmp_path:
+            (tmp_path / "my_vae").rename(tmp_path / "vae")
+        parts = load_model(compose_train(tmp_path, cache_dir, "model=tiny", f"model.vae={source}").model, cache_dir)
+        assert all(torch.equal(a, b) for a, b in zip(parts.vae.parameters(), other.parameters(), strict=True))
+        assert parts.identity["vae"] != base.identity["vae"] and parts.identity["unet"] == base.identity["unet"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="model.vae=.*empty: no config.json"):
+        load_model(compose_train(tmp_path, cache_dir, "model=tiny", f"model.vae={tmp_path / 'empty'}").model, cache_dir)
