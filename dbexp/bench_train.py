@@ -191,7 +191,11 @@ def bare_loop(cfg, steps: int, warmup: int) -> list[float]:
         schedule, optimizer, num_warmup_steps=opt.warmup_steps, num_training_steps=steps + warmup
     )
     scheduler = parts.noise_scheduler
-    states = None if text_trains else torch.cat([e for e in encoded.text_embeddings for _ in range(batch)]).to(device)
+    states = (
+        None
+        if text_trains
+        else torch.cat([e["states"] for e in encoded.text_embeddings for _ in range(batch)]).to(device)
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16-mixed")
     clip, gamma = cfg.trainer.get("gradient_clip_val"), cfg.finetune.min_snr_gamma
     times = []

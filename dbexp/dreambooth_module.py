@@ -69,8 +69,8 @@ class DreamBoothModule(L.LightningModule):
             raise ValueError("cached text embeddings are only valid while the text encoder is frozen")
         self.cached_states = text_embeddings is not None
         if self.cached_states:
-            self.register_buffer("instance_states", text_embeddings[0], persistent=False)
-            self.register_buffer("class_states", text_embeddings[-1], persistent=False)
+            self.register_buffer("instance_states", text_embeddings[0]["states"], persistent=False)
+            self.register_buffer("class_states", text_embeddings[-1]["states"], persistent=False)
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
         # Frozen weights are not in the checkpoint, so loading it is not strict about them.
         self.strict_loading = False

@@ -5,8 +5,9 @@
   hash, resolution, crop, flip). Training samples ``mean + std · ε`` with the same per-sample ε
   as without the cache, so both give the same loss. Random crops cannot be cached (each step
   sees another crop): there the cache is off.
-* Text embeddings: the text encoder's output for the fixed instance and class prompts, keyed by
-  (text-encoder and tokenizer fingerprints, prompt). Only valid while the text encoder is frozen.
+* Text embeddings: the text encoder's output for the fixed instance and class prompts (SDXL: both
+  encoders' and the pooled embedding, :func:`encode_text`), keyed by (text-encoder and tokenizer
+  fingerprints, prompt). Only valid while the text encoders are frozen.
 
 Files are ``<cache>/latents/<key>.safetensors`` and ``<cache>/text/<key>.safetensors``, written
 under a temporary name and renamed, so concurrent runs never read a half-written file.
@@ -88,35 +89,55 @@ def cached_latents(
     return [load_file(p) for p in paths]
 
 
+def encode_text(text_encoder, ids: torch.Tensor, text_encoder_2=None, ids_2=None) -> dict[str, torch.Tensor]:
+    """The UNet's text conditioning for token ids ``(n, tokens)``: ``{"states"}``, the text encoder's last
+    hidden state (SD1.x, SD2.x); SDXL (``text_encoder_2``): ``{"states", "pooled"}``, both encoders'
+    penultimate hidden states side by side and the second's projected pooled embedding — what
+    ``StableDiffusionXLPipeline.encode_prompt`` computes."""
+    if text_encoder_2 is None:
+        return {"states": text_encoder(ids)[0]}
+    first = text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+    second = text_encoder_2(ids_2, output_hidden_states=True)
+    return {"states": torch.cat([first, second.hidden_states[-2]], dim=-1), "pooled": second.text_embeds}
+
+
+def token_ids(parts, prompt: str) -> dict[str, torch.Tensor]:
+    """A prompt's token ids for :func:`encode_text`: ``{"ids"}``, SDXL also ``{"ids_2"}`` (its second tokenizer)."""
+    ids = {"ids": tokenize(parts.tokenizer, prompt)}
+    if parts.tokenizer_2 is not None:
+        ids["ids_2"] = tokenize(parts.tokenizer_2, prompt)
+    return ids
+
+
 @torch.no_grad()
 def cached_text_embeddings(
-    text_encoder,
-    tokenizer,
-    identity: dict[str, str],
-    prompts: list[str],
-    cache_dir: str | Path,
-    device: torch.device | str = "cpu",
-) -> list[torch.Tensor]:
-    """The text encoder's last hidden state for each prompt, ``(1, tokens, width)``, from the cache when there."""
+    parts, prompts: list[str], cache_dir: str | Path, device: torch.device | str = "cpu"
+) -> list[dict[str, torch.Tensor]]:
+    """:func:`encode_text` of each prompt with ``parts``' frozen text encoders (``{"states": (1, tokens,
+    width)}``, SDXL also ``"pooled": (1, width)``), from the cache when there."""
     folder = Path(cache_dir).expanduser().resolve() / "text"
     folder.mkdir(parents=True, exist_ok=True)
-    te, tok, length = identity["text_encoder"], identity["tokenizer"], tokenizer.model_max_length
-    keys = [
-        fields_key({"text_encoder": te, "tokenizer": tok, "prompt": p, "max_length": length}, length=KEY_LENGTH)
-        for p in prompts
-    ]
-    paths = [folder / f"{key}.safetensors" for key in keys]
+    identity = parts.identity
+    fields = {"text_encoder": identity["text_encoder"], "tokenizer": identity["tokenizer"]}
+    fields["max_length"] = parts.tokenizer.model_max_length
+    if parts.xl:  # SD1.x/2.x keys stay as they were: their entries are still found
+        fields |= {"text_encoder_2": identity["text_encoder_2"], "tokenizer_2": identity["tokenizer_2"]}
+    paths = [folder / f"{fields_key(fields | {'prompt': p}, length=KEY_LENGTH)}.safetensors" for p in prompts]
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
+    encoders = [e for e in (parts.text_encoder, parts.text_encoder_2) if e is not None]
     if missing:
-        te_device = next(text_encoder.parameters()).device
-        text_encoder.to(device)  # once for all misses
+        homes = [next(e.parameters()).device for e in encoders]
+        for encoder in encoders:
+            encoder.to(device)  # once for all misses
         try:
             for i in missing:
-                states = text_encoder(tokenize(tokenizer, prompts[i]).to(device))[0].float().cpu()
-                _save_atomic({"states": states.contiguous()}, paths[i])
+                ids = {k: v.to(device) for k, v in token_ids(parts, prompts[i]).items()}
+                encoded = encode_text(parts.text_encoder, ids["ids"], parts.text_encoder_2, ids.get("ids_2"))
+                _save_atomic({k: v.float().cpu().contiguous() for k, v in encoded.items()}, paths[i])
         finally:
-            text_encoder.to(te_device)
-    return [_load_touched(path)["states"] for path in paths]
+            for encoder, home in zip(encoders, homes, strict=True):
+                encoder.to(home)
+    return [_load_touched(path) for path in paths]
 
 
 def tokenize(tokenizer, prompt: str) -> torch.Tensor:

@@ -480,9 +480,7 @@ def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None
         log.info("latent cache off: random crops (data.center_crop=false) differ every step")
     if cfg.data.cache_text_embeddings and not cfg.finetune.train_text_encoder:
         prompts = [plan.instance_prompt] + ([plan.class_prompt] if plan.class_prompt is not None else [])
-        encoded.text_embeddings = cached_text_embeddings(
-            parts.text_encoder, parts.tokenizer, parts.identity, prompts, cfg.paths.cache_dir, device
-        )
+        encoded.text_embeddings = cached_text_embeddings(parts, prompts, cfg.paths.cache_dir, device)
     return encoded
 
 

@@ -97,10 +97,8 @@ def build_validation_set(cfg, parts, instance_images, instance_prompt: str, clas
     states = None
     if not cfg.finetune.train_text_encoder:
         texts = [prompts[kind] for kind in kinds]
-        embedded = cached_text_embeddings(
-            parts.text_encoder, parts.tokenizer, parts.identity, texts, cfg.paths.cache_dir, device
-        )
-        states = dict(zip(kinds, embedded, strict=True))
+        embedded = cached_text_embeddings(parts, texts, cfg.paths.cache_dir, device)
+        states = {kind: entry["states"] for kind, entry in zip(kinds, embedded, strict=True)}
     ids = {kind: tokenize(parts.tokenizer, prompts[kind]) for kind in kinds}
     steps = timesteps(parts.noise_scheduler.config.num_train_timesteps, cfg.eval.val_timesteps)
     return ValidationSet(latents=latents, ids=ids, states=states, timesteps=steps)

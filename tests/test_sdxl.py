@@ -44,6 +44,24 @@ def test_a_tiny_sdxl_is_saved_in_diffusers_layout_and_loads_through_the_same_loa
     assert drawn[0].shape == (1, 3, 32, 32) and torch.equal(drawn[0], drawn[1])
 
 
+def test_sdxl_text_conditioning_is_the_pipelines_and_is_cached_with_the_pooled_embedding(tmp_path):
+    from dbexp.encoding_cache import cached_text_embeddings, encode_text, token_ids
+
+    cfg = compose_train(tmp_path, tmp_path / "cache", "model=tiny_xl")
+    parts = load_components(str(materialize_architecture("tiny_xl", cfg.model.architecture, tmp_path / "cache")))
+    prompt = "a photo of a sks dog"
+    with torch.no_grad():
+        states, _, pooled, _ = parts.pipeline().encode_prompt(prompt, do_classifier_free_guidance=False)
+        mine = encode_text(parts.text_encoder, text_encoder_2=parts.text_encoder_2, **token_ids(parts, prompt))
+    assert mine["states"].shape == (1, 77, 64) and mine["pooled"].shape == (1, 32)
+    assert torch.equal(mine["states"], states) and torch.equal(mine["pooled"], pooled)
+    first = cached_text_embeddings(parts, [prompt, "a photo of a dog"], tmp_path / "cache")
+    files = sorted((tmp_path / "cache" / "text").iterdir())
+    again = cached_text_embeddings(parts, [prompt], tmp_path / "cache")
+    assert len(files) == 2 and sorted((tmp_path / "cache" / "text").iterdir()) == files  # found, not recomputed
+    assert torch.equal(first[0]["pooled"], mine["pooled"]) and torch.equal(again[0]["states"], mine["states"])
+
+
 @pytest.mark.parametrize("model", ["sdxl", "tiny_xl"])
 def test_training_sdxl_is_refused_with_one_line_before_anything_loads(tmp_path, model):
     from dbexp.errors import UserInputError
