@@ -106,11 +106,22 @@ def sample_seed(seed: int, *keys: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+def fitted_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(width, height) with the shorter side scaled to ``resolution``."""
+    scale = resolution / min(width, height)
+    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
 def fit_to_square(image: Image.Image, resolution: int) -> Image.Image:
     """Resize so the shorter side is ``resolution`` (crop happens per sample)."""
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return image.resize(fitted_size(*image.size, resolution), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def center_geometry(image: Image.Image, resolution: int) -> torch.Tensor:
+    """A sample's ``geometry`` (see :class:`ImageStream`) for the centre crop of ``image``, unflipped."""
+    width, height = fitted_size(*image.size, resolution)
+    top, left = (height - resolution) // 2, (width - resolution) // 2
+    return torch.tensor([image.height, image.width, top, left, resolution, resolution])
 
 
 def center_square(image: Image.Image, resolution: int) -> Image.Image:
@@ -130,7 +141,9 @@ class ImageStream:
     """Samples of one image set: each pass over the set is a fresh permutation.
 
     A sample is ``{"pixels"}``, or ``{"latent_mean", "latent_std"}`` when ``latents`` (the VAE
-    posterior of each image's centre crop, and of its mirror image) are given.
+    posterior of each image's centre crop, and of its mirror image) are given — and ``{"geometry"}``: the
+    photo's original height and width, the crop's top and left in the resized photo (mirrored with a flip)
+    and the crop's height and width: SDXL's time ids, from each photo's real crop.
     """
 
     def __init__(
@@ -145,6 +158,7 @@ class ImageStream:
     ) -> None:
         if latents is not None and (not center_crop or len(latents) != len(images)):
             raise ValueError("cached latents need centre crops and one entry per image")
+        self.original_sizes = [(img.height, img.width) for img in images]
         self.images = [fit_to_square(img, resolution) for img in images]
         self.stream, self.seed, self.resolution = stream, seed, resolution
         self.center_crop, self.random_flip, self.latents = center_crop, random_flip, latents
@@ -161,14 +175,16 @@ class ImageStream:
         else:
             left, top = int(rng.integers(0, room_x + 1)), int(rng.integers(0, room_y + 1))
         flip = self.random_flip and rng.random() < 0.5
+        seen_left = image.width - left - self.resolution if flip else left  # where the crop is in what the model sees
+        geometry = torch.tensor([*self.original_sizes[which], top, seen_left, self.resolution, self.resolution])
         if self.latents is not None:
             suffix = "_flipped" if flip else ""
             entry = self.latents[which]
-            return {"latent_mean": entry[f"mean{suffix}"], "latent_std": entry[f"std{suffix}"]}
+            return {"latent_mean": entry[f"mean{suffix}"], "latent_std": entry[f"std{suffix}"], "geometry": geometry}
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return {"pixels": to_tensor(image)}
+        return {"pixels": to_tensor(image), "geometry": geometry}
 
 
 class DreamBoothStream(IterableDataset):

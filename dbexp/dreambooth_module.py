@@ -19,7 +19,7 @@ from diffusers import StableDiffusionPipeline
 from dbexp import metric_suites
 from dbexp.config import FinetuneConfig, MemoryConfig, OptimizerConfig
 from dbexp.datamodule import CLASS_STREAM, INSTANCE_STREAM, NOISE, sample_seed
-from dbexp.encoding_cache import tokenize
+from dbexp.encoding_cache import encode_text, tokenize
 from dbexp.errors import UserInputError
 from dbexp.finetune import set_trainable
 from dbexp.losses import dreambooth_loss
@@ -39,16 +39,19 @@ class DreamBoothModule(L.LightningModule):
         class_prompt: str | None,
         prior_weight: float,
         seed: int,
-        text_embeddings: list[torch.Tensor] | None = None,
+        text_embeddings: list[dict[str, torch.Tensor]] | None = None,
         memory_cfg: MemoryConfig | None = None,
         offload: tuple[str, ...] = (),
     ) -> None:
-        """``text_embeddings``: the frozen text encoder's output for [instance prompt, class prompt]
-        (from the cache), used instead of running the encoder every step. ``offload``: frozen parts
-        ("vae", "text_encoder") whose outputs come from the caches, kept on the CPU while training."""
+        """``text_embeddings``: the frozen text encoders' output for [instance prompt, class prompt]
+        (from the cache), used instead of running the encoders every step. ``offload``: frozen parts
+        ("vae", "text_encoder", SDXL's "text_encoder_2") whose outputs come from the caches, kept on the CPU
+        while training."""
         super().__init__()
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         self.tokenizer = parts.tokenizer
+        self.text_encoder_2, self.tokenizer_2 = parts.text_encoder_2, parts.tokenizer_2  # SDXL; else None
+        self.xl = parts.xl
         self.noise_scheduler, self.inference_scheduler = parts.noise_scheduler, parts.inference_scheduler
         self.base_source = parts.source  # what a LoRA export points to
         self.finetune_cfg, self.optimizer_cfg = finetune_cfg, optimizer_cfg
@@ -57,20 +60,24 @@ class DreamBoothModule(L.LightningModule):
         self.train_text_encoder = finetune_cfg.train_text_encoder
         self.prediction_type = self.noise_scheduler.config.prediction_type
         self.vae.requires_grad_(False)
-        set_trainable(finetune_cfg, self.unet, self.text_encoder)
-        apply_memory_settings(self.memory_cfg, self.unet, self.vae, self.text_encoder, self.train_text_encoder)
-        if set(offload) - {"vae", "text_encoder"} or ("text_encoder" in offload and self.train_text_encoder):
+        set_trainable(finetune_cfg, self.unet, self.text_encoder, self.text_encoder_2)
+        apply_memory_settings(self.memory_cfg, self.unet, self.vae, self.text_encoders, self.train_text_encoder)
+        encoders = {"text_encoder", "text_encoder_2"}
+        if set(offload) - {"vae"} - encoders or (encoders & set(offload) and self.train_text_encoder):
             raise ValueError(f"only frozen parts can be offloaded, not {offload}")
         self.offload = tuple(offload)
-        self.register_buffer("instance_ids", tokenize(self.tokenizer, instance_prompt), persistent=False)
-        class_ids = tokenize(self.tokenizer, class_prompt) if class_prompt is not None else torch.empty(0).long()
-        self.register_buffer("class_ids", class_ids, persistent=False)
+        tokenizers = {"ids": self.tokenizer} | ({"ids_2": self.tokenizer_2} if self.xl else {})
+        for suffix, tokenizer in tokenizers.items():  # instance_ids, class_ids (SDXL also instance_ids_2, …)
+            self.register_buffer(f"instance_{suffix}", tokenize(tokenizer, instance_prompt), persistent=False)
+            ids = tokenize(tokenizer, class_prompt) if class_prompt is not None else torch.empty(0).long()
+            self.register_buffer(f"class_{suffix}", ids, persistent=False)
         if text_embeddings is not None and self.train_text_encoder:
             raise ValueError("cached text embeddings are only valid while the text encoder is frozen")
         self.cached_states = text_embeddings is not None
-        if self.cached_states:
-            self.register_buffer("instance_states", text_embeddings[0]["states"], persistent=False)
-            self.register_buffer("class_states", text_embeddings[-1]["states"], persistent=False)
+        for name in ("states", "pooled") if self.cached_states else ():  # instance_states, class_pooled, …
+            if name in text_embeddings[0]:
+                self.register_buffer(f"instance_{name}", text_embeddings[0][name], persistent=False)
+                self.register_buffer(f"class_{name}", text_embeddings[-1][name], persistent=False)
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone(), persistent=False)
         # Frozen weights are not in the checkpoint, so loading it is not strict about them.
         self.strict_loading = False
@@ -87,7 +94,14 @@ class DreamBoothModule(L.LightningModule):
             noise_scheduler=self.noise_scheduler,
             inference_scheduler=self.inference_scheduler,
             source="fine-tuned",
+            tokenizer_2=self.tokenizer_2,
+            text_encoder_2=self.text_encoder_2,
         )
+
+    @property
+    def text_encoders(self) -> list:
+        """The text encoder, and SDXL's second."""
+        return [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
 
     @contextlib.contextmanager
     def evaluating(self, offloaded: bool = True) -> Iterator[None]:
@@ -115,6 +129,8 @@ class DreamBoothModule(L.LightningModule):
                 self.tokenizer,
                 self.unet,
                 sampler(self.inference_scheduler, sampler_name),
+                text_encoder_2=self.text_encoder_2,
+                tokenizer_2=self.tokenizer_2,
             )
 
     def _place_offloaded(self, device: torch.device) -> None:
@@ -133,7 +149,8 @@ class DreamBoothModule(L.LightningModule):
         super().train(mode)
         self.vae.eval()  # frozen parts never run in training mode
         if not self.train_text_encoder:
-            self.text_encoder.eval()
+            for text_encoder in self.text_encoders:
+                text_encoder.eval()
         return self
 
     def on_fit_start(self) -> None:
@@ -159,7 +176,7 @@ class DreamBoothModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         unet_params = [p for p in self.unet.parameters() if p.requires_grad]
-        te_params = [p for p in self.text_encoder.parameters() if p.requires_grad] if self.train_text_encoder else []
+        te_params = [p for e in self.text_encoders for p in e.parameters() if p.requires_grad]
         optimizer = build_optimizer(
             self.optimizer_cfg, unet_params, te_params, eight_bit=self.memory_cfg.optimizer_8bit
         )
@@ -188,7 +205,10 @@ class DreamBoothModule(L.LightningModule):
         num_instance = len(batch["instance_index"])
         latents, noise, timesteps = self._diffusion_inputs(batch, kinds)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, self._encoder_states(batch, kinds)).sample
+        text = self._text_conditioning(batch, kinds)
+        prediction = self.unet(
+            noisy, timesteps, text["states"], added_cond_kwargs=self._added(batch, kinds, text)
+        ).sample
         if self.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
@@ -254,16 +274,31 @@ class DreamBoothModule(L.LightningModule):
         step = self.global_step + 1
         return step % max(1, self.trainer.log_every_n_steps) == 0 or step >= self.trainer.max_steps
 
-    def _encoder_states(self, batch: dict[str, torch.Tensor], kinds: list[str]) -> torch.Tensor:
-        """Text-encoder output per sample: cached for a frozen encoder, else computed (with grad when trained)."""
+    def _text_conditioning(self, batch: dict[str, torch.Tensor], kinds: list[str]) -> dict[str, torch.Tensor]:
+        """:func:`~dbexp.encoding_cache.encode_text` per sample (``states``; SDXL also ``pooled``): cached for
+        frozen encoders, else computed (with grad when trained)."""
         counts = [len(batch[f"{kind}_index"]) for kind in kinds]
+
+        def per_sample(name: str) -> torch.Tensor:  # instance_<name> or class_<name>, one row per sample
+            rows = [
+                getattr(self, f"{k}_{name}").expand(n, *getattr(self, f"{k}_{name}").shape[1:])
+                for k, n in zip(kinds, counts, strict=True)
+            ]
+            return torch.cat(rows)
+
         if self.cached_states:
-            fixed = {"instance": self.instance_states, "class": self.class_states}
-            return torch.cat([fixed[k].expand(n, -1, -1) for k, n in zip(kinds, counts, strict=True)])
-        ids = {"instance": self.instance_ids, "class": self.class_ids}
-        ids = torch.cat([ids[k].expand(n, -1) for k, n in zip(kinds, counts, strict=True)])
+            return {name: per_sample(name) for name in ("states", "pooled") if hasattr(self, f"instance_{name}")}
+        ids = {name: per_sample(name) for name in ("ids", "ids_2") if hasattr(self, f"instance_{name}")}
         with torch.set_grad_enabled(self.train_text_encoder and torch.is_grad_enabled()):
-            return self.text_encoder(ids)[0]
+            return encode_text(self.text_encoder, ids["ids"], self.text_encoder_2, ids.get("ids_2"))
+
+    def _added(self, batch: dict[str, torch.Tensor], kinds: list[str], text: dict[str, torch.Tensor]) -> dict | None:
+        """SDXL's added conditioning: the pooled text embedding and the time ids (each photo's original size,
+        crop and target size, from the sample's ``geometry``); None for SD1.x/2.x."""
+        if not self.xl:
+            return None
+        geometry = torch.cat([batch[f"{kind}_geometry"] for kind in kinds])
+        return {"text_embeds": text["pooled"], "time_ids": geometry.to(text["pooled"].device, text["pooled"].dtype)}
 
     def _posterior(self, batch: dict[str, torch.Tensor], kinds: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior's mean and std per sample: cached latents, or the VAE on the pixels."""

@@ -49,6 +49,11 @@ def check_export_config(cfg, model_cfg) -> None:
 
 def check_export_parts(cfg, finetune_cfg, parts) -> None:
     """What only the loaded model tells (the text encoder's layout), right after loading, before training."""
+    if cfg.enabled and "single_file" in cfg.formats and parts.xl:
+        raise UserInputError(
+            "export.formats=[…, single_file]: the original single-file layout is not written for SDXL yet; "
+            "use export.formats=[diffusers] (StableDiffusionXLPipeline.from_pretrained and load_lora_weights load it)"
+        )
     if cfg.enabled and "single_file" in cfg.formats and finetune_cfg.method == "full":
         from dbexp.original_layout import check_writable
 
@@ -86,7 +91,9 @@ def export_run(module, cfg, folder: str | Path, metrics: dict[str, Any]) -> Path
             }
             alpha = finetune.lora.alpha or finetune.lora.rank
             pointer["lora"] = {"rank": finetune.lora.rank, "alpha": alpha, "text_encoder": module.train_text_encoder}
-            unet, text = save_lora(module.unet, module.text_encoder, module.train_text_encoder, staging)
+            unet, text = save_lora(
+                module.unet, module.text_encoder, module.train_text_encoder, staging, module.text_encoder_2
+            )
             if single:
                 kohya_header = header | {
                     "ss_network_module": "networks.lora",

@@ -43,15 +43,15 @@ def check_finetune_config(cfg: FinetuneConfig) -> None:
             )
 
 
-def check_lora_targets(cfg: FinetuneConfig, unet, text_encoder) -> None:
+def check_lora_targets(cfg: FinetuneConfig, unet, text_encoder, text_encoder_2=None) -> None:
     """Every target names a layer of the loaded model (as peft matches them: the full name or its last
-    dotted parts) — checked right after loading, before class images and training."""
+    dotted parts) — checked right after loading, before class images and training. SDXL's second text
+    encoder takes the same targets as the first."""
     if cfg.method != "lora":
         return
     lora = cfg.lora
-    pairs = [("unet_target_modules", unet)] + (
-        [("text_encoder_target_modules", text_encoder)] if cfg.train_text_encoder else []
-    )
+    encoders = [e for e in (text_encoder, text_encoder_2) if e is not None] if cfg.train_text_encoder else []
+    pairs = [("unet_target_modules", unet)] + [("text_encoder_target_modules", e) for e in encoders]
     for key, model in pairs:
         names = [name for name, _ in model.named_modules()]
         missing = [t for t in getattr(lora, key) if not any(n == t or n.endswith(f".{t}") for n in names)]
@@ -62,12 +62,14 @@ def check_lora_targets(cfg: FinetuneConfig, unet, text_encoder) -> None:
             )
 
 
-def set_trainable(cfg: FinetuneConfig, unet, text_encoder) -> None:
-    """``full``: the UNet's weights (and the text encoder's) train; ``lora``: the base weights are frozen and
-    trainable LoRA adapters are added to the UNet (and the text encoder)."""
+def set_trainable(cfg: FinetuneConfig, unet, text_encoder, text_encoder_2=None) -> None:
+    """``full``: the UNet's weights (and the text encoders') train; ``lora``: the base weights are frozen and
+    trainable LoRA adapters are added to the UNet (and the text encoders: SDXL's both)."""
+    encoders = [e for e in (text_encoder, text_encoder_2) if e is not None]
     if cfg.method != "lora":
         unet.requires_grad_(True)
-        text_encoder.requires_grad_(cfg.train_text_encoder)
+        for encoder in encoders:
+            encoder.requires_grad_(cfg.train_text_encoder)
         return
     from peft import LoraConfig
 
@@ -83,18 +85,22 @@ def set_trainable(cfg: FinetuneConfig, unet, text_encoder) -> None:
         )
 
     # peft raises only when no target matches; a misspelt one beside good ones would be skipped silently.
-    check_lora_targets(cfg, unet, text_encoder)
+    check_lora_targets(cfg, unet, text_encoder, text_encoder_2)
     unet.requires_grad_(False)
-    text_encoder.requires_grad_(False)
+    for encoder in encoders:
+        encoder.requires_grad_(False)
     unet.add_adapter(config(lora.unet_target_modules))
-    if cfg.train_text_encoder:
-        text_encoder.add_adapter(config(lora.text_encoder_target_modules))
+    for encoder in encoders if cfg.train_text_encoder else ():
+        encoder.add_adapter(config(lora.text_encoder_target_modules))
 
 
-def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> tuple[dict, dict | None]:
-    """The adapters in diffusers' LoRA format (what ``load_lora_weights`` reads) into ``folder``; returns
-    the UNet's and the text encoder's adapter weights (peft's names)."""
-    from diffusers import StableDiffusionPipeline
+def save_lora(
+    unet, text_encoder, text_encoder_too: bool, folder: Path, text_encoder_2=None
+) -> tuple[dict, dict | None]:
+    """The adapters in diffusers' LoRA format (what ``load_lora_weights`` reads) into ``folder`` (SDXL's
+    with its second text encoder's); returns the UNet's and the first text encoder's adapter weights (peft's
+    names)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from peft.utils import get_peft_model_state_dict
 
     def layers(model):
@@ -111,13 +117,21 @@ def save_lora(unet, text_encoder, text_encoder_too: bool, folder: Path) -> tuple
 
     unet_layers = layers(unet)
     text_layers = layers(text_encoder) if text_encoder_too else None
-    StableDiffusionPipeline.save_lora_weights(
+    second = {}
+    if text_encoder_2 is not None:
+        second = {
+            "text_encoder_2_lora_layers": layers(text_encoder_2) if text_encoder_too else None,
+            "text_encoder_2_lora_adapter_metadata": adapter_config(text_encoder_2) if text_encoder_too else None,
+        }
+    pipeline = StableDiffusionXLPipeline if text_encoder_2 is not None else StableDiffusionPipeline
+    pipeline.save_lora_weights(
         folder,
         unet_lora_layers=unet_layers,
         text_encoder_lora_layers=text_layers,
         safe_serialization=True,
         unet_lora_adapter_metadata=adapter_config(unet),
         text_encoder_lora_adapter_metadata=adapter_config(text_encoder) if text_encoder_too else None,
+        **second,
     )
     return unet_layers, text_layers
 

@@ -27,7 +27,7 @@ def load_pipeline(folder: str, device: str, dtype: str):
     """An exported (or any diffusers) Stable Diffusion folder — or a LoRA export, put on the base model
     it names — on ``device`` in ``dtype``."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(folder).expanduser()
     lora = is_lora_export(path)
@@ -45,14 +45,19 @@ def load_pipeline(folder: str, device: str, dtype: str):
         dtype = "float16" if device.startswith("cuda") else "float32"
     if dtype not in DTYPES:
         raise UserInputError(f"dtype={dtype}: use auto, {', '.join(DTYPES)}")
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        source,
-        dtype=getattr(torch, dtype),
-        safety_checker=None,
-        requires_safety_checker=False,
-        use_safetensors=True,
-        **extra,
-    )
+    if (Path(source) / "text_encoder_2").is_dir():  # SDXL
+        pipeline = StableDiffusionXLPipeline.from_pretrained(
+            source, dtype=getattr(torch, dtype), use_safetensors=True, add_watermarker=False, **extra
+        )
+    else:
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            source,
+            dtype=getattr(torch, dtype),
+            safety_checker=None,
+            requires_safety_checker=False,
+            use_safetensors=True,
+            **extra,
+        )
     if lora:
         pipeline.load_lora_weights(path)
     return pipeline.to(device)

@@ -36,17 +36,19 @@ def adamw_8bit_class():
     return AdamW8bit
 
 
-def apply_memory_settings(cfg: MemoryConfig, unet, vae, text_encoder, text_encoder_trains: bool) -> None:
-    """Attention kernels and activation checkpointing on the model parts (before training starts)."""
+def apply_memory_settings(cfg: MemoryConfig, unet, vae, text_encoders: list, text_encoder_trains: bool) -> None:
+    """Attention kernels and activation checkpointing on the model parts (before training starts); SDXL has
+    two ``text_encoders``."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     processor = AttnProcessor2_0 if cfg.attention == "sdpa" else AttnProcessor
     for model in (unet, vae):
         model.set_attn_processor(processor())
-    text_encoder.set_attn_implementation("sdpa" if cfg.attention == "sdpa" else "eager")
+    for text_encoder in text_encoders:
+        text_encoder.set_attn_implementation("sdpa" if cfg.attention == "sdpa" else "eager")
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if text_encoder_trains:
+        for text_encoder in text_encoders if text_encoder_trains else ():
             # Non-reentrant (its default here): with LoRA the encoder's inputs need no grad, which reentrant
             # checkpointing would take as "nothing to differentiate", dropping the adapters' gradients.
             text_encoder.activation_checkpointing_enable()

@@ -80,11 +80,6 @@ class ModelParts:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Config errors found before anything loads."""
-    if "text_encoder_2" in cfg.architecture:
-        raise UserInputError(
-            f"model={cfg.name}: SDXL loads and saves (two text encoders), but dbexp does not train, sample or "
-            "evaluate it yet; use model=sd15 or model=sd21"
-        )
     if cfg.init not in INIT_MODES:
         raise UserInputError(f"model.init={cfg.init}: use one of {', '.join(INIT_MODES)}")
     if cfg.prediction_type is not None and cfg.prediction_type not in PREDICTION_TYPES:

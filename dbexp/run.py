@@ -230,7 +230,7 @@ class Stages:
         """The base model; LoRA targets that name no layer and missing metric models are one line here,
         before class images and hours of training."""
         parts = load_model(self.cfg.model, self.cfg.paths.cache_dir)
-        check_lora_targets(self.cfg.finetune, parts.unet, parts.text_encoder)
+        check_lora_targets(self.cfg.finetune, parts.unet, parts.text_encoder, parts.text_encoder_2)
         check_export_parts(self.cfg.export, self.cfg.finetune, parts)
         if self.plan.eval_prompts is not None:
             metric_model_folders(self.plan.metric_suite, self.cfg.eval, self.cfg.paths.cache_dir)
@@ -288,7 +288,7 @@ class Stages:
         datamodule = DreamBoothDataModule(
             cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
         )
-        module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded))
+        module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded, parts.xl))
         for callback in self.callbacks:
             if isinstance(callback, ValidationLossCallback):
                 callback.vset = build_validation_set(
@@ -449,12 +449,13 @@ def in_training(callbacks: list[L.Callback]) -> dict[str, dict[str, float]]:
     return {str(step): dict(sorted(values.items())) for step, values in sorted(steps.items())}
 
 
-def offloadable(cfg: DictConfig, encoded: Encoded) -> tuple[str, ...]:
+def offloadable(cfg: DictConfig, encoded: Encoded, xl: bool = False) -> tuple[str, ...]:
     """``memory.offload_frozen``: the frozen parts whose outputs all come from the caches."""
     if not cfg.memory.offload_frozen:
         return ()
     parts = ("vae",) if encoded.instance_latents is not None else ()
-    parts += ("text_encoder",) if encoded.text_embeddings is not None else ()
+    if encoded.text_embeddings is not None:
+        parts += ("text_encoder", "text_encoder_2") if xl else ("text_encoder",)
     if not parts:
         log.warning("memory.offload_frozen: nothing to offload (data.cache_latents / cache_text_embeddings are off)")
     return parts

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dbexp.config import EvalConfig
-from dbexp.datamodule import sample_seed
-from dbexp.encoding_cache import cached_latents, cached_text_embeddings, tokenize
+from dbexp.datamodule import center_geometry, sample_seed
+from dbexp.encoding_cache import cached_latents, cached_text_embeddings, encode_text, token_ids
 from dbexp.errors import UserInputError
 from dbexp.prior_cache import class_images
 
@@ -66,12 +66,14 @@ def timesteps(num_train_timesteps: int, count: int) -> list[int]:
 
 @dataclass
 class ValidationSet:
-    """The fixed inputs: latents (posterior means, scaled) and prompt token ids per kind, and the text
-    encoder's output for them when the encoder is frozen (else it runs on the ids at each validation)."""
+    """The fixed inputs per kind: latents (posterior means, scaled), each image's ``geometry`` (SDXL's time
+    ids), the prompt's token ids, and the text encoders' output for them when the encoders are frozen (else
+    they run on the ids at each validation)."""
 
     latents: dict[str, torch.Tensor]
-    ids: dict[str, torch.Tensor]
-    states: dict[str, torch.Tensor] | None
+    geometry: dict[str, torch.Tensor]
+    ids: dict[str, dict[str, torch.Tensor]]
+    text: dict[str, dict[str, torch.Tensor]] | None
     timesteps: list[int]
 
 
@@ -94,14 +96,14 @@ def build_validation_set(cfg, parts, instance_images, instance_prompt: str, clas
     means = torch.stack([e["mean"] for e in encoded]) * parts.vae.config.scaling_factor
     counts = [len(images[kind]) for kind in kinds]
     latents = dict(zip(kinds, torch.split(means, counts), strict=True))
-    states = None
+    geometry = {kind: torch.stack([center_geometry(im, cfg.data.resolution) for im in images[kind]]) for kind in kinds}
+    text = None
     if not cfg.finetune.train_text_encoder:
-        texts = [prompts[kind] for kind in kinds]
-        embedded = cached_text_embeddings(parts, texts, cfg.paths.cache_dir, device)
-        states = {kind: entry["states"] for kind, entry in zip(kinds, embedded, strict=True)}
-    ids = {kind: tokenize(parts.tokenizer, prompts[kind]) for kind in kinds}
+        embedded = cached_text_embeddings(parts, [prompts[kind] for kind in kinds], cfg.paths.cache_dir, device)
+        text = dict(zip(kinds, embedded, strict=True))
+    ids = {kind: token_ids(parts, prompts[kind]) for kind in kinds}
     steps = timesteps(parts.noise_scheduler.config.num_train_timesteps, cfg.eval.val_timesteps)
-    return ValidationSet(latents=latents, ids=ids, states=states, timesteps=steps)
+    return ValidationSet(latents=latents, geometry=geometry, ids=ids, text=text, timesteps=steps)
 
 
 @torch.no_grad()
@@ -115,10 +117,11 @@ def validation_loss(module, vset: ValidationSet, seed: int, batch_size: int) -> 
             continue
         latents = vset.latents[kind]
         pairs = [(i, t) for i in range(len(latents)) for t in vset.timesteps]
-        if vset.states is not None:
-            states = vset.states[kind].to(device)
+        if vset.text is not None:
+            text = {name: value.to(device) for name, value in vset.text[kind].items()}
         else:
-            states = module.text_encoder(vset.ids[kind].to(device))[0]
+            ids = {name: value.to(device) for name, value in vset.ids[kind].items()}
+            text = encode_text(module.text_encoder, ids["ids"], module.text_encoder_2, ids.get("ids_2"))
         total = 0.0
         for begin in range(0, len(pairs), batch_size):
             chunk = pairs[begin : begin + batch_size]
@@ -136,7 +139,13 @@ def validation_loss(module, vset: ValidationSet, seed: int, batch_size: int) -> 
             ).to(device)
             steps = torch.tensor([t for _, t in chunk], device=device)
             noisy = scheduler.add_noise(clean, noise, steps)
-            prediction = module.unet(noisy.to(dtype), steps, states.expand(len(chunk), -1, -1).to(dtype)).sample
+            states = text["states"].expand(len(chunk), -1, -1).to(dtype)
+            added = None
+            if module.xl:  # SDXL: the pooled embedding and each image's time ids
+                geometry = vset.geometry[kind][[i for i, _ in chunk]]
+                pooled = text["pooled"].expand(len(chunk), -1).to(dtype)
+                added = {"text_embeds": pooled, "time_ids": geometry.to(device, dtype)}
+            prediction = module.unet(noisy.to(dtype), steps, states, added_cond_kwargs=added).sample
             target = scheduler.get_velocity(clean, noise, steps) if module.prediction_type == "v_prediction" else noise
             total += F.mse_loss(prediction.float(), target.float(), reduction="sum").item() / clean[0].numel()
         losses[f"val/loss_{'instance' if kind == 'instance' else 'prior'}"] = total / len(pairs)

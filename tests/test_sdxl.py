@@ -1,6 +1,8 @@
 """SDXL's parts: the full architecture's size (meta device, nothing allocated) and a tiny SDXL built from
 config, saved in diffusers layout and loaded through the loader every model takes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -62,9 +64,78 @@ def test_sdxl_text_conditioning_is_the_pipelines_and_is_cached_with_the_pooled_e
     assert torch.equal(first[0]["pooled"], mine["pooled"]) and torch.equal(again[0]["states"], mine["states"])
 
 
-@pytest.mark.parametrize("model", ["sdxl", "tiny_xl"])
-def test_training_sdxl_is_refused_with_one_line_before_anything_loads(tmp_path, model):
+XL = ["model=tiny_xl", "eval.metrics=tiny", "eval.val_every_n_steps=2"]
+
+
+def _csv_losses(cfg):
+    import csv
+
+    rows = csv.DictReader((Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open())
+    return [float(r[k]) for r in rows if r["train/loss"] for k in ("train/loss_instance", "train/loss_prior")]
+
+
+def test_sdxl_trains_with_prior_and_the_caches_change_no_loss(make_cfg, tmp_path):
+    """Full fine-tune of a tiny SDXL (both text encoders, pooled embedding and time ids) with prior
+    preservation: the same losses with and without the latent and text caches; the export loads with
+    diffusers' SDXL pipeline and through dbexp.generate's loader."""
+    from dbexp.generate import load_pipeline
+
+    common = [*XL, "data.random_flip=true", "trainer.max_steps=4", f"paths.cache_dir={tmp_path / 'cache'}"]
+    plain = make_cfg(*common, "data.cache_latents=false", "data.cache_text_embeddings=false", name="plain")
+    cached = make_cfg(*common, "eval.final=false", "export.enabled=false", name="cached")
+    metrics = run(plain)
+    run(cached)
+    assert _csv_losses(cached) == pytest.approx(_csv_losses(plain), rel=1e-5, abs=1e-6) and len(_csv_losses(plain)) == 8
+    assert len(list((tmp_path / "cache" / "text").glob("*.safetensors"))) == 2  # states + pooled, per prompt
+    assert metrics["val/loss_prior"] > 0 and "eval/score" in metrics
+    export = Path(plain.paths.output_dir) / "pipeline"
+    pipeline = StableDiffusionXLPipeline.from_pretrained(export, local_files_only=True)
+    assert isinstance(load_pipeline(str(export), "cpu", "float32"), StableDiffusionXLPipeline)
+    assert pipeline.text_encoder_2 is not None
+
+
+def test_sdxl_lora_on_the_unet_and_both_text_encoders_loads_with_load_lora_weights(make_cfg):
+    import numpy as np
+
+    from dbexp.generate import load_pipeline
+    from dbexp.model_loading import load_model
+    from dbexp.run import make_module, plan_run
+
+    lora = ["finetune.method=lora", "finetune.train_text_encoder=true", "finetune.lora.rank=2", "optimizer.lr=1e-2"]
+    cfg = make_cfg(*XL, *lora, "eval.final=false")
+    run(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"unet", "text_encoder", "text_encoder_2"}
+
+    def draw(pipeline):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline("a photo of sks dog", num_inference_steps=2, generator=generator, output_type="np").images
+
+    module = make_module(cfg, plan_run(cfg), load_model(cfg.model, cfg.paths.cache_dir), None)
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    with module.sampling() as live:
+        trained = draw(live)
+    loaded = load_pipeline(str(run_dir / "pipeline"), "cpu", "float32")  # the base it names + the adapters
+    np.testing.assert_allclose(draw(loaded), trained, atol=1e-5)
+
+
+def test_the_time_ids_come_from_each_photos_real_crop():
+    from PIL import Image
+
+    from dbexp.datamodule import ImageStream, center_geometry
+
+    wide = Image.new("RGB", (300, 200))  # resized to 48 x 32, centre crop 32 x 32 from x = 8
+    stream = ImageStream([wide], 0, 0, 32, center_crop=True, random_flip=False)
+    assert stream[0]["geometry"].tolist() == [200, 300, 0, 8, 32, 32] == center_geometry(wide, 32).tolist()
+    flipped = ImageStream([wide], 0, 0, 32, center_crop=False, random_flip=True)
+    for index in range(8):  # random crops: the left edge as the model sees it (mirrored when flipped)
+        top, left = flipped[index]["geometry"].tolist()[2:4]
+        assert top == 0 and 0 <= left <= 16
+
+
+def test_a_single_file_export_of_sdxl_is_refused_with_one_line_before_training(make_cfg):
     from dbexp.errors import UserInputError
 
-    with pytest.raises(UserInputError, match=rf"model={model}: SDXL loads and saves"):
-        run(compose_train(tmp_path, tmp_path / "cache", f"model={model}"))
+    with pytest.raises(UserInputError, match=r"export.formats=\[…, single_file\]: .* not written for SDXL"):
+        run(make_cfg(*XL, "export.formats=[diffusers,single_file]"))
