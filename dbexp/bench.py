@@ -291,6 +291,7 @@ def reevaluate_best(root: Path, name: str, study, folder: Path, overrides: list[
         "reuse_trained=false",
         "callbacks.progress_bar=null",
         *overrides,
+        "pruning.metric=null",  # one run, no study: nothing reports to a pruner (nor measures eval/* in training)
     ]
     announce(f"re-evaluating {name}'s best trial {best.number} (to its best step {step}) into {out}")
     run_child(command)

@@ -390,7 +390,10 @@ def test_every_preset_composes_and_its_search_space_parses(preset):
     assert with_slurm.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
-@pytest.mark.parametrize("name", ["none", "median", "successive_halving", "hyperband", "halving_from_50"])
+PRUNER_OPTIONS = ["none", "median", "successive_halving", "hyperband", "halving_from_50", "median_after_3"]
+
+
+@pytest.mark.parametrize("name", PRUNER_OPTIONS)
 def test_every_pruner_option_builds_an_optuna_pruner(name):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
