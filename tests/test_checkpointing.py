@@ -30,8 +30,10 @@ def _final_unet(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg, monkeypatch):
+@pytest.mark.parametrize("model", ["tiny", "tiny_xl"])  # tiny_xl: SDXL's two text encoders and time ids
+def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg, monkeypatch, model):
     steps = [
+        f"model={model}",
         "trainer.max_steps=6",
         "finetune.train_text_encoder=true",
         "optimizer.lr=1e-3",
