@@ -26,7 +26,7 @@ from dbexp.losses import dreambooth_loss
 from dbexp.memory import apply_memory_settings
 from dbexp.model_loading import ModelParts
 from dbexp.optimization import build_lr_scheduler, build_optimizer
-from dbexp.sampling import build_pipeline, sampler
+from dbexp.sampling import sampler
 
 
 class DreamBoothModule(L.LightningModule):
@@ -123,15 +123,7 @@ class DreamBoothModule(L.LightningModule):
     def sampling(self, sampler_name: str | None = None) -> Iterator[StableDiffusionPipeline]:
         """A pipeline over the live modules (what the model has learnt so far), while :meth:`evaluating`."""
         with self.evaluating():
-            yield build_pipeline(
-                self.vae,
-                self.text_encoder,
-                self.tokenizer,
-                self.unet,
-                sampler(self.inference_scheduler, sampler_name),
-                text_encoder_2=self.text_encoder_2,
-                tokenizer_2=self.tokenizer_2,
-            )
+            yield self.model_parts().pipeline(scheduler=sampler(self.inference_scheduler, sampler_name))
 
     def _place_offloaded(self, device: torch.device) -> None:
         for name in self.offload:
