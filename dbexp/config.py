@@ -120,6 +120,10 @@ class MemoryConfig:
     attention: str = "sdpa"  # sdpa: PyTorch's flash / memory-efficient kernels | eager: the full matrix
     set_to_none: bool = True  # free gradients between steps instead of zero-filling them
     offload_frozen: bool = False  # frozen VAE / text encoder on the CPU while their outputs come from caches
+    # finetune=lora: the frozen base weights under the adapters (UNet, text encoders) held in half precision,
+    # the adapters in float32 — diffusers' LoRA scripts' weight_dtype. auto: the type a mixed trainer.precision
+    # computes in (float32 otherwise) | bfloat16 | float16 | null (float32). A full fine-tune ignores it.
+    lora_base_dtype: str | None = None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from dbexp.encoding_cache import encode_text, tokenize
 from dbexp.errors import UserInputError
 from dbexp.finetune import set_trainable
 from dbexp.losses import dreambooth_loss
-from dbexp.memory import apply_memory_settings
+from dbexp.memory import apply_memory_settings, hold_frozen_in
 from dbexp.model_loading import ModelParts
 from dbexp.optimization import build_lr_scheduler, build_optimizer
 from dbexp.sampling import sampler
@@ -42,11 +42,12 @@ class DreamBoothModule(L.LightningModule):
         text_embeddings: list[dict[str, torch.Tensor]] | None = None,
         memory_cfg: MemoryConfig | None = None,
         offload: tuple[str, ...] = (),
+        half_base: torch.dtype | None = None,
     ) -> None:
         """``text_embeddings``: the frozen text encoders' output for [instance prompt, class prompt]
         (from the cache), used instead of running the encoders every step. ``offload``: frozen parts
         ("vae", "text_encoder", SDXL's "text_encoder_2") whose outputs come from the caches, kept on the CPU
-        while training."""
+        while training. ``half_base``: the dtype LoRA's frozen base weights are held in (``dbexp.memory``)."""
         super().__init__()
         self.unet, self.vae, self.text_encoder = parts.unet, parts.vae, parts.text_encoder
         self.tokenizer = parts.tokenizer
@@ -62,6 +63,11 @@ class DreamBoothModule(L.LightningModule):
         self.vae.requires_grad_(False)
         set_trainable(finetune_cfg, self.unet, self.text_encoder, self.text_encoder_2)
         apply_memory_settings(self.memory_cfg, self.unet, self.vae, self.text_encoders, self.train_text_encoder)
+        # memory.lora_base_dtype: the base weights around the adapters in half precision (the VAE stays float32:
+        # SDXL's overflows in float16, and its latents are cached). Sampling then runs under autocast too.
+        self.half_base = half_base
+        if half_base is not None:
+            hold_frozen_in(half_base, [self.unet, *self.text_encoders])
         encoders = {"text_encoder", "text_encoder_2"}
         if set(offload) - {"vae"} - encoders or (encoders & set(offload) and self.train_text_encoder):
             raise ValueError(f"only frozen parts can be offloaded, not {offload}")
@@ -122,7 +128,8 @@ class DreamBoothModule(L.LightningModule):
     @contextlib.contextmanager
     def sampling(self, sampler_name: str | None = None) -> Iterator[StableDiffusionPipeline]:
         """A pipeline over the live modules (what the model has learnt so far), while :meth:`evaluating`."""
-        with self.evaluating():
+        half = self.half_base is not None
+        with self.evaluating(), torch.autocast(self.device.type, dtype=self.half_base, enabled=half):
             yield self.model_parts().pipeline(scheduler=sampler(self.inference_scheduler, sampler_name))
 
     def _place_offloaded(self, device: torch.device) -> None:

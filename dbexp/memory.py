@@ -13,12 +13,22 @@ from dbexp.errors import UserInputError
 from dbexp.extras import require
 
 ATTENTION = ("sdpa", "eager")
+HALF_DTYPES = ("bfloat16", "float16")  # memory.lora_base_dtype's explicit values (torch's names)
+#: The half type each mixed trainer.precision computes in (Lightning's names and their short aliases).
+MIXED_PRECISION = {"bf16-mixed": "bfloat16", "bf16": "bfloat16", "16-mixed": "float16", "16": "float16"}
 
 
-def check_memory_config(cfg: MemoryConfig, optimizer_name: str) -> None:
+def check_memory_config(cfg: MemoryConfig, optimizer_name: str, precision: str | int | None = None) -> None:
     """Config errors (and a missing bitsandbytes) found before anything loads."""
     if cfg.attention not in ATTENTION:
         raise UserInputError(f"memory.attention={cfg.attention}: use one of {', '.join(ATTENTION)}")
+    if cfg.lora_base_dtype not in (None, "auto", *HALF_DTYPES):
+        raise UserInputError(f"memory.lora_base_dtype={cfg.lora_base_dtype}: use null, auto, {', '.join(HALF_DTYPES)}")
+    if cfg.lora_base_dtype in HALF_DTYPES and cfg.lora_base_dtype != MIXED_PRECISION.get(str(precision)):
+        raise UserInputError(
+            f"memory.lora_base_dtype={cfg.lora_base_dtype} needs autocast in that type, but trainer.precision="
+            f"{precision}: use memory.lora_base_dtype=auto (it follows trainer.precision) or null"
+        )
     if cfg.optimizer_8bit:
         if optimizer_name != "adamw":
             raise UserInputError(
@@ -34,6 +44,30 @@ def adamw_8bit_class():
     from bitsandbytes.optim import AdamW8bit
 
     return AdamW8bit
+
+
+def half_base_dtype(cfg: MemoryConfig, finetune_method: str, precision: str | int | None):
+    """The torch dtype LoRA's frozen base weights are held in (``memory.lora_base_dtype``; ``auto``: the half
+    type a mixed ``trainer.precision`` computes in), or None (float32, as loaded)."""
+    import torch
+
+    if finetune_method != "lora" or cfg.lora_base_dtype is None:
+        return None
+    name = MIXED_PRECISION.get(str(precision)) if cfg.lora_base_dtype == "auto" else cfg.lora_base_dtype
+    return getattr(torch, name) if name else None
+
+
+def hold_frozen_in(dtype, models: list) -> int:
+    """Casts the frozen parameters of ``models`` (the base weights around LoRA's adapters) to ``dtype``; the
+    trained ones (the adapters) stay as they are. Returns the bytes saved."""
+    saved = 0
+    for model in models:
+        for parameter in model.parameters():
+            if not parameter.requires_grad and parameter.dtype != dtype:
+                before = parameter.nbytes
+                parameter.data = parameter.data.to(dtype)
+                saved += before - parameter.nbytes
+    return saved
 
 
 def apply_memory_settings(cfg: MemoryConfig, unet, vae, text_encoders: list, text_encoder_trains: bool) -> None:

@@ -50,7 +50,7 @@ from dbexp.eval_protocol import (
 )
 from dbexp.export import check_export_config, check_export_parts, describe_export, export_run
 from dbexp.finetune import check_finetune_config, check_lora_targets
-from dbexp.memory import check_memory_config
+from dbexp.memory import check_memory_config, half_base_dtype
 from dbexp.metric_models import load_metric_models, metric_model_folders
 from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelParts, check_model_config, load_model
@@ -91,7 +91,7 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     check_finetune_config(cfg.finetune)
     check_data_config(cfg.data)
     check_optimizer_config(cfg.optimizer)
-    check_memory_config(cfg.memory, cfg.optimizer.name)
+    check_memory_config(cfg.memory, cfg.optimizer.name, cfg.trainer.get("precision"))
     check_eval_config(cfg.eval)
     check_validation_config(cfg.eval)
     check_logger_config(cfg.logger)
@@ -288,12 +288,12 @@ class Stages:
         datamodule = DreamBoothDataModule(
             cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
         )
-        module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded, parts.xl))
-        for callback in self.callbacks:
+        for callback in self.callbacks:  # from the base model as loaded (before the module holds any part in half)
             if isinstance(callback, ValidationLossCallback):
                 callback.vset = build_validation_set(
                     cfg, parts, plan.instance_images, plan.instance_prompt, plan.validation_class_prompt, self.device
                 )
+        module = make_module(cfg, plan, parts, encoded.text_embeddings, offload=offloadable(cfg, encoded, parts.xl))
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
         release_training_state(trainer, module)
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -396,6 +396,7 @@ def make_module(cfg: DictConfig, plan: RunPlan, parts, text_embeddings, offload=
         text_embeddings=text_embeddings,
         memory_cfg=cfg.memory,
         offload=offload,
+        half_base=half_base_dtype(cfg.memory, cfg.finetune.method, cfg.trainer.get("precision")),
     )
 
 

@@ -24,12 +24,13 @@ def test_the_tiers_build_on_each_other(tmp_path):
             m.gradient_checkpointing,
             m.optimizer_8bit,
             m.offload_frozen,
+            m.lora_base_dtype,
         )
 
-    assert tier("default") == ("32-true", True, False, False, False)
-    assert tier("24gb") == ("bf16-mixed", True, False, False, False)
-    assert tier("16gb") == ("bf16-mixed", True, True, True, False)
-    assert tier("12gb") == ("bf16-mixed", True, True, True, True)
+    assert tier("default") == ("32-true", True, False, False, False, None)
+    assert tier("24gb") == ("bf16-mixed", True, False, False, False, "auto")
+    assert tier("16gb") == ("bf16-mixed", True, True, True, False, "auto")
+    assert tier("12gb") == ("bf16-mixed", True, True, True, True, "auto")
     # the command line still wins over a tier (a T4 has no bf16)
     t4 = compose_train(tmp_path, tmp_path / "cache", "memory=16gb", "trainer.precision=16-mixed")
     assert t4.trainer.precision == "16-mixed" and t4.memory.optimizer_8bit
@@ -108,3 +109,40 @@ def test_8bit_adamw_with_another_optimizer_is_refused(make_cfg):
         plan_run(make_cfg("memory.optimizer_8bit=true", "optimizer=sgd"))
     with pytest.raises(UserInputError, match=r"memory.attention=flash: use one of sdpa, eager"):
         plan_run(make_cfg("memory.attention=flash"))
+
+
+def test_a_lora_base_held_in_bf16_trains_float32_adapters_on_every_part_and_samples(make_cfg):
+    """``memory.lora_base_dtype=auto`` under bf16 autocast, on a tiny SDXL (UNet + both text encoders): the frozen
+    base weights are bf16 (half the bytes), the adapters float32; training, validation and sampling run."""
+    from dbexp.memory import half_base_dtype
+
+    lora = ["finetune.method=lora", "finetune.train_text_encoder=true", "finetune.lora.rank=2"]
+    short = ["trainer.max_steps=2", "eval.val_every_n_steps=2", "eval.val_class_images=1", "eval.val_timesteps=1"]
+    short += ["eval.final=false"]
+    cfg = make_cfg("model=tiny_xl", "eval.metrics=tiny", *short, *lora)
+    cfg.trainer.precision, cfg.memory.lora_base_dtype = "bf16-mixed", "auto"
+    assert half_base_dtype(cfg.memory, "lora", "bf16-mixed") == torch.bfloat16
+    assert half_base_dtype(cfg.memory, "lora", "32-true") is None and half_base_dtype(cfg.memory, "full", "bf16") is None
+    metrics = run(cfg)
+    assert metrics["step"] == 2 and torch.isfinite(torch.tensor([metrics["train/loss"], metrics["val/loss"]])).all()
+    assert (Path(cfg.paths.output_dir) / "samples" / "step_2.png").is_file()
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"unet", "text_encoder", "text_encoder_2"}
+    assert {v.dtype for v in ckpt["state_dict"].values()} == {torch.float32}  # the adapters
+
+    parts = load_model(cfg.model, cfg.paths.cache_dir)
+    full = sum(p.nbytes for m in (parts.unet, parts.text_encoder, parts.text_encoder_2) for p in m.parameters())
+    module = make_module(cfg, plan_run(cfg), parts, None)
+    for model in (module.unet, module.text_encoder, module.text_encoder_2):
+        dtypes = {p.requires_grad: p.dtype for p in model.parameters()}
+        assert dtypes == {True: torch.float32, False: torch.bfloat16}
+    assert module.vae.dtype == torch.float32  # its latents are cached; SDXL's overflows in half precision
+    held = sum(p.nbytes for m in (module.unet, module.text_encoder, module.text_encoder_2) for p in m.parameters())
+    assert held < 0.6 * full
+
+
+def test_a_half_lora_base_that_autocast_would_not_match_is_refused(make_cfg):
+    with pytest.raises(UserInputError, match=r"memory.lora_base_dtype=float16 needs autocast in that type, but "):
+        plan_run(make_cfg("memory=24gb", "memory.lora_base_dtype=float16"))
+    with pytest.raises(UserInputError, match=r"memory.lora_base_dtype=half: use null, auto, bfloat16, float16"):
+        plan_run(make_cfg("memory.lora_base_dtype=half"))
