@@ -124,25 +124,34 @@ def compose_config(root: Path, name: str, overrides: list[str]) -> DictConfig:
 
 
 def counted_flops(model_cfg, resolution: int) -> dict[str, float]:
-    """TFLOP per sample of VAE encode, text encoder and UNet forward, counted on the meta device
-    (no weights, no memory: works for the full SD architectures here)."""
+    """TFLOP per sample of VAE encode, text encoder(s) and UNet forward, counted on the meta device
+    (no weights, no memory: works for the full SD and SDXL architectures here). SDXL's UNet is counted with
+    its added conditioning (pooled text embedding + time ids), its text encoders together."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from omegaconf import OmegaConf
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     arch = OmegaConf.to_container(model_cfg.architecture, resolve=True)
     factor = 2 ** (len(arch["vae"]["block_out_channels"]) - 1)
+    xl = arch.get("text_encoder_2") is not None
     with torch.device("meta"), torch.no_grad():
         unet, vae = UNet2DConditionModel(**arch["unet"]), AutoencoderKL(**arch["vae"])
-        text = CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))
+        encoders = [CLIPTextModel(CLIPTextConfig(**arch["text_encoder"]))]
+        if xl:
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**arch["text_encoder_2"])))
         pixels = torch.zeros(1, 3, resolution, resolution)
         latents = torch.zeros(1, 4, resolution // factor, resolution // factor)
-        states = torch.zeros(1, 77, arch["text_encoder"]["hidden_size"])
+        states = torch.zeros(1, 77, arch["unet"].get("cross_attention_dim") or arch["text_encoder"]["hidden_size"])
+        added = None
+        if xl:
+            pooled = torch.zeros(1, arch["text_encoder_2"]["projection_dim"])
+            added = {"text_embeds": pooled, "time_ids": torch.zeros(1, 6)}
+        ids = torch.zeros(1, 77, dtype=torch.long)
         calls = {
             "vae_encode": lambda: vae.encode(pixels),
-            "text_encoder": lambda: text(torch.zeros(1, 77, dtype=torch.long)),
-            "unet_forward": lambda: unet(latents, torch.tensor([10]), states),
+            "text_encoder": lambda: [encoder(ids) for encoder in encoders],
+            "unet_forward": lambda: unet(latents, torch.tensor([10]), states, added_cond_kwargs=added),
         }
         counted = {}
         for name, call in calls.items():

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from dbexp.bench_harness import QUIET, compose_config, counted_flops, device_description
+from dbexp.errors import UserInputError
 
 #: Dense bf16 tensor-core peaks in TFLOP/s (vendor data sheets), by a part of the CUDA device name.
 PEAK_BF16_TFLOPS = {
@@ -73,6 +74,8 @@ def bench_train(
             cfg = compose_config(root, name, bench_overrides(mode, preset, steps + warmup, overrides, out))
             configs[(mode, preset)] = cfg
             reference = preset == "default" and bare
+            if reference and cfg.model.architecture.get("text_encoder_2") is not None:
+                raise UserInputError("bench train: the bare loop trains SD1.5 / SD2.1 only; for SDXL add --no-bare")
             # ABBA order (bare loop first every other round), so a machine that drifts faster or slower
             # during the benchmark does not favour either side.
             bare_times = bare_loop(cfg, steps, warmup) if reference and round_ % 2 else []

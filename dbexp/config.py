@@ -29,6 +29,7 @@ class ModelConfig:
     vae: str | None = None  # hub id or folder of a VAE used instead of the model's own (SDXL in fp16: its fp16 fix)
     init: str = "pretrained"  # pretrained | random (``architecture`` in memory, no download)
     resolution: int = 512
+    buckets: bool = False  # trained at aspect-ratio buckets by default (data.buckets follows it): SDXL
     prediction_type: str | None = None  # null: the scheduler's own
     eval_metrics: str = "dreambench"  # the metric suite that suits this model (``eval.metrics=auto``)
     export_dtype: str = "float16"  # what its exports are written in (``export.dtype=auto``): what users load
@@ -74,6 +75,12 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers (photos are decoded once and held in memory)
     cache_latents: bool = True  # VAE latents of centre crops encoded once, in the shared cache
     cache_text_embeddings: bool = True  # the fixed prompts encoded once while the text encoder is frozen
+    # Aspect-ratio buckets: each photo trains at the bucket (about resolution² pixels, sides multiples of
+    # bucket_step, aspect ≤ bucket_max_aspect) nearest its own shape, not a centre-cropped square; each batch
+    # from one bucket, class images drawn at the buckets' sizes. conf/data follows model.buckets (SDXL: on).
+    buckets: bool = False
+    bucket_step: int = 64
+    bucket_max_aspect: float = 2.0
 
 
 @dataclass

@@ -72,6 +72,13 @@ def check_data_config(cfg: DataConfig) -> None:
         )
     if cfg.batch_size < 1:
         raise UserInputError(f"data.batch_size={cfg.batch_size}: must be >= 1")
+    if cfg.buckets and (cfg.bucket_step <= 0 or cfg.bucket_step % 8 or cfg.resolution % cfg.bucket_step):
+        raise UserInputError(
+            f"data.bucket_step={cfg.bucket_step}: must be a multiple of 8 that divides data.resolution="
+            f"{cfg.resolution} (64 for SD models; or data.buckets=false)"
+        )
+    if cfg.buckets and cfg.bucket_max_aspect < 1:
+        raise UserInputError(f"data.bucket_max_aspect={cfg.bucket_max_aspect}: must be >= 1 (2: up to 2:1 and 1:2)")
     if not cfg.token.strip():
         raise UserInputError("data.token is empty: set a rare identifier such as sks")
     fields = {name for _, name, _, _ in string.Formatter().parse(cfg.prompt_template) if name is not None}
@@ -106,29 +113,60 @@ def sample_seed(seed: int, *keys: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-def fitted_size(width: int, height: int, resolution: int) -> tuple[int, int]:
-    """(width, height) with the shorter side scaled to ``resolution``."""
-    scale = resolution / min(width, height)
-    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+#: (width, height) of a training crop: (resolution, resolution), or an aspect-ratio bucket's size.
+Size = tuple[int, int]
 
 
-def fit_to_square(image: Image.Image, resolution: int) -> Image.Image:
-    """Resize so the shorter side is ``resolution`` (crop happens per sample)."""
-    return image.resize(fitted_size(*image.size, resolution), Image.Resampling.BICUBIC, reducing_gap=3.0)
+def bucket_sizes(resolution: int, step: int, max_aspect: float) -> list[Size]:
+    """``data.buckets``' crop sizes: sides multiples of ``step``, about ``resolution``² pixels (never more),
+    aspect ratio at most ``max_aspect`` either way — the square first, then by aspect ratio (as SDXL's and
+    kohya's buckets: at 1024 px, step 64: 1024×1024, 1088×960, 1152×896, …, 1408×704 and their transposes)."""
+    area = resolution * resolution
+    sizes = {(resolution, resolution)}
+    for width in range(step, int(resolution * max_aspect**0.5) + 1, step):
+        height = area // width // step * step
+        if height >= step and max(width / height, height / width) <= max_aspect:
+            sizes |= {(width, height), (height, width)}
+    return sorted(sizes, key=lambda size: (size != (resolution, resolution), size[0] / size[1]))
 
 
-def center_geometry(image: Image.Image, resolution: int) -> torch.Tensor:
+def nearest_bucket(width: int, height: int, sizes: list[Size]) -> Size:
+    """The bucket whose aspect ratio is closest to the photo's (in log ratio: 2:1 is as far from 1:1 as 1:2)."""
+    aspect = np.log(width / height)
+    return min(sizes, key=lambda size: abs(np.log(size[0] / size[1]) - aspect))
+
+
+def crop_sizes(cfg: DataConfig, images: list[Image.Image]) -> list[Size]:
+    """Each photo's training crop: its bucket with ``data.buckets``, else the ``data.resolution`` square."""
+    if not cfg.buckets:
+        return [(cfg.resolution, cfg.resolution)] * len(images)
+    sizes = bucket_sizes(cfg.resolution, cfg.bucket_step, cfg.bucket_max_aspect)
+    return [nearest_bucket(*image.size, sizes) for image in images]
+
+
+def fitted_size(width: int, height: int, size: Size) -> tuple[int, int]:
+    """(width, height) scaled so the photo just covers ``size`` (the crop is cut from it)."""
+    scale = max(size[0] / width, size[1] / height)
+    return max(size[0], round(width * scale)), max(size[1], round(height * scale))
+
+
+def fit_to_cover(image: Image.Image, size: Size) -> Image.Image:
+    """Resize so the photo just covers a ``size`` crop (the crop happens per sample)."""
+    return image.resize(fitted_size(*image.size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def center_geometry(image: Image.Image, size: Size) -> torch.Tensor:
     """A sample's ``geometry`` (see :class:`ImageStream`) for the centre crop of ``image``, unflipped."""
-    width, height = fitted_size(*image.size, resolution)
-    top, left = (height - resolution) // 2, (width - resolution) // 2
-    return torch.tensor([image.height, image.width, top, left, resolution, resolution])
+    width, height = fitted_size(*image.size, size)
+    top, left = (height - size[1]) // 2, (width - size[0]) // 2
+    return torch.tensor([image.height, image.width, top, left, size[1], size[0]])
 
 
-def center_square(image: Image.Image, resolution: int) -> Image.Image:
+def center_crop(image: Image.Image, size: Size) -> Image.Image:
     """The centre crop a sample uses with ``data.center_crop`` (what the latent cache encodes)."""
-    image = fit_to_square(image, resolution)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
+    image = fit_to_cover(image, size)
+    left, top = (image.width - size[0]) // 2, (image.height - size[1]) // 2
+    return image.crop((left, top, left + size[0], top + size[1]))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -144,6 +182,9 @@ class ImageStream:
     posterior of each image's centre crop, and of its mirror image) are given — and ``{"geometry"}``: the
     photo's original height and width, the crop's top and left in the resized photo (mirrored with a flip)
     and the crop's height and width: SDXL's time ids, from each photo's real crop.
+
+    ``sizes``: each image's crop (``data.buckets``: its aspect-ratio bucket); None: every crop the
+    ``resolution`` square. With more than one size, :meth:`batch_members` makes each batch from one bucket.
     """
 
     def __init__(
@@ -155,36 +196,75 @@ class ImageStream:
         center_crop: bool,
         random_flip: bool,
         latents: list[dict[str, torch.Tensor]] | None = None,
+        sizes: list[Size] | None = None,
     ) -> None:
         if latents is not None and (not center_crop or len(latents) != len(images)):
             raise ValueError("cached latents need centre crops and one entry per image")
+        self.sizes = list(sizes) if sizes is not None else [(resolution, resolution)] * len(images)
         self.original_sizes = [(img.height, img.width) for img in images]
-        self.images = [fit_to_square(img, resolution) for img in images]
+        self.images = [fit_to_cover(img, size) for img, size in zip(images, self.sizes, strict=True)]
         self.stream, self.seed, self.resolution = stream, seed, resolution
         self.center_crop, self.random_flip, self.latents = center_crop, random_flip, latents
+        self.buckets: dict[Size, list[int]] = {}  # bucket → its images, in order
+        for which, size in enumerate(self.sizes):
+            self.buckets.setdefault(size, []).append(which)
+        self._pass: tuple[int, int, list] | None = None  # (pass, batch size, its batches): the last one made
+
+    @property
+    def bucketed(self) -> bool:
+        return len(self.buckets) > 1
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         n = len(self.images)
         order = np.random.default_rng(sample_seed(self.seed, self.stream, index // n, ORDER)).permutation(n)
-        which = int(order[index % n])
-        image = self.images[which]
+        return self.sample(int(order[index % n]), index)
+
+    def sample(self, which: int, index: int) -> dict[str, torch.Tensor]:
+        """Image ``which`` as global sample ``index`` (whose random numbers crop and flip it)."""
+        image, (width, height) = self.images[which], self.sizes[which]
         rng = np.random.default_rng(sample_seed(self.seed, self.stream, index, AUGMENT))
-        room_x, room_y = image.width - self.resolution, image.height - self.resolution
+        room_x, room_y = image.width - width, image.height - height
         if self.center_crop:
             left, top = room_x // 2, room_y // 2
         else:
             left, top = int(rng.integers(0, room_x + 1)), int(rng.integers(0, room_y + 1))
         flip = self.random_flip and rng.random() < 0.5
-        seen_left = image.width - left - self.resolution if flip else left  # where the crop is in what the model sees
-        geometry = torch.tensor([*self.original_sizes[which], top, seen_left, self.resolution, self.resolution])
+        seen_left = image.width - left - width if flip else left  # where the crop is in what the model sees
+        geometry = torch.tensor([*self.original_sizes[which], top, seen_left, height, width])
         if self.latents is not None:
             suffix = "_flipped" if flip else ""
             entry = self.latents[which]
             return {"latent_mean": entry[f"mean{suffix}"], "latent_std": entry[f"std{suffix}"], "geometry": geometry}
-        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        image = image.crop((left, top, left + width, top + height))
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return {"pixels": to_tensor(image), "geometry": geometry}
+
+    def batch_members(self, number: int, batch_size: int) -> tuple[Size, list[int]]:
+        """The bucket and images of global batch ``number``: each pass over the set shuffles every bucket,
+        cuts it into batches (the last one filled up from the same bucket's shuffle) and shuffles the
+        batches — a pure function of (seed, number), as resuming needs."""
+        per_pass = sum(-(-len(members) // batch_size) for members in self.buckets.values())
+        pass_, position = divmod(number, per_pass)
+        if self._pass is None or self._pass[:2] != (pass_, batch_size):
+            rng = np.random.default_rng(sample_seed(self.seed, self.stream, pass_, ORDER))
+            batches = []
+            for size in sorted(self.buckets):
+                members = [self.buckets[size][i] for i in rng.permutation(len(self.buckets[size]))]
+                count = -(-len(members) // batch_size)
+                cycled = [members[i % len(members)] for i in range(count * batch_size)]
+                batches += [(size, cycled[b * batch_size : (b + 1) * batch_size]) for b in range(count)]
+            self._pass = (pass_, batch_size, [batches[i] for i in rng.permutation(len(batches))])
+        return self._pass[2][position]
+
+    def from_bucket(self, size: Size, number: int, batch_size: int) -> list[int]:
+        """``batch_size`` images of bucket ``size`` for global batch ``number`` (the class images that go
+        with an instance batch: a fresh shuffle of that bucket per batch, cycled when it is smaller)."""
+        members = self.buckets.get(size)
+        if not members:
+            raise ValueError(f"no image of bucket {size[0]}×{size[1]} in this set")
+        order = np.random.default_rng(sample_seed(self.seed, self.stream, number, ORDER)).permutation(len(members))
+        return [members[order[i % len(members)]] for i in range(batch_size)]
 
 
 class DreamBoothStream(IterableDataset):
@@ -209,6 +289,9 @@ class DreamBoothStream(IterableDataset):
     def __iter__(self):
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        if self.instances.bucketed:
+            yield from self._bucketed(worker_id, num_workers)
+            return
         batch = worker_id
         while True:
             for local in range(batch * self.batch_size, (batch + 1) * self.batch_size):
@@ -216,6 +299,25 @@ class DreamBoothStream(IterableDataset):
                 item = {f"instance_{k}": v for k, v in self.instances[index].items()} | {"instance_index": index}
                 if self.classes is not None:
                     item |= {f"class_{k}": v for k, v in self.classes[index].items()} | {"class_index": index}
+                yield item
+            batch += num_workers
+
+    def _bucketed(self, worker_id: int, num_workers: int):
+        """``data.buckets``: whole batches from one bucket, instance and class images alike. Rank r of W takes
+        global batches first + r, first + r + W, …; sample j of batch b is global sample b × batch size + j."""
+        first = self.start // self.batch_size
+        batch = worker_id
+        while True:
+            number = first + batch * self.world_size + self.rank
+            size, members = self.instances.batch_members(number, self.batch_size)
+            classes = self.classes.from_bucket(size, number, self.batch_size) if self.classes is not None else None
+            for j, which in enumerate(members):
+                index = number * self.batch_size + j
+                item = {f"instance_{k}": v for k, v in self.instances.sample(which, index).items()}
+                item["instance_index"] = index
+                if classes is not None:
+                    item |= {f"class_{k}": v for k, v in self.classes.sample(classes[j], index).items()}
+                    item["class_index"] = index
                 yield item
             batch += num_workers
 
@@ -231,13 +333,20 @@ class DreamBoothDataModule(L.LightningDataModule):
         seed: int,
         instance_latents: list[dict[str, torch.Tensor]] | None = None,
         class_latents: list[dict[str, torch.Tensor]] | None = None,
+        instance_sizes: list[Size] | None = None,
+        class_sizes: list[Size] | None = None,
     ) -> None:
+        """``*_sizes``: each image's crop (``data.buckets``); None: the ``data.resolution`` square."""
         super().__init__()
         self.cfg, self.seed = cfg, seed
         crops = (cfg.resolution, cfg.center_crop, cfg.random_flip)
-        self.instances = ImageStream(instance_images, INSTANCE_STREAM, seed, *crops, latents=instance_latents)
+        self.instances = ImageStream(
+            instance_images, INSTANCE_STREAM, seed, *crops, latents=instance_latents, sizes=instance_sizes
+        )
         self.classes = (
-            ImageStream(class_images, CLASS_STREAM, seed, *crops, latents=class_latents) if class_images else None
+            ImageStream(class_images, CLASS_STREAM, seed, *crops, latents=class_latents, sizes=class_sizes)
+            if class_images
+            else None
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -24,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dbexp.atomic_files import atomic_path
-from dbexp.datamodule import center_square, to_tensor
+from dbexp.datamodule import Size, center_crop, to_tensor
 from dbexp.fingerprint import fields_key, image_digest
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,16 @@ LATENT_FORMAT = 1
 KEY_LENGTH = 24
 
 
-def latent_key(vae_identity: str, image: Image.Image, resolution: int, flips: bool) -> str:
+def latent_key(vae_identity: str, image: Image.Image, size: int | Size, flips: bool) -> str:
+    """``size``: the crop's (width, height), or the side of a square one (which keys as before buckets)."""
+    if isinstance(size, tuple | list) and size[0] == size[1]:
+        size = size[0]
     return fields_key(
         {
             "format": LATENT_FORMAT,
             "vae": vae_identity,
             "image": image_digest(image),
-            "resolution": resolution,
+            "resolution": size if isinstance(size, int) else list(size),
             "crop": "center",
             "flips": flips,
         },
@@ -58,29 +61,38 @@ def cached_latents(
     cache_dir: str | Path,
     device: torch.device | str = "cpu",
     batch_size: int = 8,
+    sizes: list[Size] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Per image ``{"mean", "std"}`` (plus ``"mean_flipped", "std_flipped"`` with flips), encoding only misses."""
+    """Per image ``{"mean", "std"}`` (plus ``"mean_flipped", "std_flipped"`` with flips) of its centre crop —
+    the ``resolution`` square, or its own ``sizes`` entry (an aspect-ratio bucket) — encoding only misses."""
+    sizes = list(sizes) if sizes is not None else [(resolution, resolution)] * len(images)
     folder = Path(cache_dir).expanduser().resolve() / "latents"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{latent_key(vae_identity, im, resolution, flips)}.safetensors" for im in images]
+    keys = [latent_key(vae_identity, image, size, flips) for image, size in zip(images, sizes, strict=True)]
+    paths = [folder / f"{key}.safetensors" for key in keys]
     missing = [i for i, p in enumerate(paths) if not p.is_file()]
     if missing:
         vae_device = next(vae.parameters()).device
         vae.to(device)
         try:
-            for begin in range(0, len(missing), batch_size):
-                chunk = missing[begin : begin + batch_size]
-                crops = [center_square(images[i], resolution) for i in chunk]
-                views = {"": crops}
-                if flips:
-                    views["_flipped"] = [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
-                encoded = {}
-                for suffix, view in views.items():
-                    pixels = torch.stack([to_tensor(c) for c in view]).to(device, vae.dtype)
-                    posterior = vae.encode(pixels).latent_dist
-                    encoded[f"mean{suffix}"], encoded[f"std{suffix}"] = posterior.mean.float(), posterior.std.float()
-                for row, index in enumerate(chunk):
-                    _save_atomic({k: v[row].cpu().contiguous() for k, v in encoded.items()}, paths[index])
+            by_size: dict[Size, list[int]] = {}  # one VAE batch holds one crop size
+            for i in missing:
+                by_size.setdefault(tuple(sizes[i]), []).append(i)
+            for size, group in by_size.items():
+                for begin in range(0, len(group), batch_size):
+                    chunk = group[begin : begin + batch_size]
+                    crops = [center_crop(images[i], size) for i in chunk]
+                    views = {"": crops}
+                    if flips:
+                        views["_flipped"] = [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+                    encoded = {}
+                    for suffix, view in views.items():
+                        pixels = torch.stack([to_tensor(c) for c in view]).to(device, vae.dtype)
+                        posterior = vae.encode(pixels).latent_dist
+                        encoded[f"mean{suffix}"] = posterior.mean.float()
+                        encoded[f"std{suffix}"] = posterior.std.float()
+                    for row, index in enumerate(chunk):
+                        _save_atomic({k: v[row].cpu().contiguous() for k, v in encoded.items()}, paths[index])
         finally:
             vae.to(vae_device)
     log.info(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from dbexp import __version__
 from dbexp.atomic_files import atomic_path
 from dbexp.config import PriorConfig
+from dbexp.datamodule import Size
 from dbexp.errors import UserInputError
 from dbexp.fingerprint import fields_key
 from dbexp.images import load_image_folder, load_image_rgb
@@ -65,7 +67,7 @@ def load_class_dir(cfg: PriorConfig) -> list[Image.Image] | None:
     return load_image_folder(cfg.class_dir, "prior.class_dir") if cfg.class_dir else None
 
 
-def class_image_fields(cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int) -> dict[str, Any]:
+def class_image_fields(cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int | Size) -> dict[str, Any]:
     """Everything that changes the pixels of class image i (batch size does not: one generator per image)."""
     return {
         "model": dict(sorted(parts.identity.items())),
@@ -74,7 +76,7 @@ def class_image_fields(cfg: PriorConfig, parts: ModelParts, prompt: str, resolut
         "num_inference_steps": cfg.num_inference_steps,
         "scheduler": type(sampler(parts.inference_scheduler, cfg.sampler)).__name__,  # named before prior.sampler
         "guidance_scale": float(cfg.guidance_scale),
-        "resolution": resolution,
+        "resolution": resolution if isinstance(resolution, int) else list(resolution),  # (width, height): a bucket
         "seed": cfg.seed,
     }
 
@@ -92,13 +94,21 @@ class PriorImages:
 
 
 def class_images(
-    cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int, cache_dir: str | Path
+    cfg: PriorConfig,
+    parts: ModelParts,
+    prompt: str,
+    resolution: int | Size,
+    cache_dir: str | Path,
+    count: int | None = None,
 ) -> PriorImages:
-    """``cfg.num_class_images`` class images from the cache, generating only the missing ones."""
+    """``count`` (default ``cfg.num_class_images``) class images from the cache, generating only the missing
+    ones; ``resolution``: the square's side, or an aspect-ratio bucket's (width, height)."""
+    if not isinstance(resolution, int) and resolution[0] == resolution[1]:
+        resolution = resolution[0]  # a square bucket is the square: the same cache entry
     fields = class_image_fields(cfg, parts, prompt, resolution)
     folder = Path(cache_dir).expanduser().resolve() / "class_images" / cache_key(fields)
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = cfg.num_class_images
+    wanted = cfg.num_class_images if count is None else count
     with FileLock(folder / ".lock"):
         manifest = _read_manifest(folder) or {
             "key": folder.name,
@@ -121,12 +131,28 @@ def class_images(
     return PriorImages(images=images, folder=folder, reused=reused, generated=wanted - reused)
 
 
+def bucketed_class_images(
+    cfg: PriorConfig, parts: ModelParts, prompt: str, instance_sizes: list[Size], cache_dir: str | Path
+) -> tuple[list[Image.Image], list[Size]]:
+    """``data.buckets``: class images drawn at each bucket's size, ``cfg.num_class_images`` shared among the
+    buckets the subject's photos fall in, in proportion (at least one each), so a batch's class images have
+    its instance photos' size. Returns the images and each one's size."""
+    counts = Counter(tuple(size) for size in instance_sizes)
+    images: list[Image.Image] = []
+    sizes: list[Size] = []
+    for size, photos in sorted(counts.items()):
+        wanted = max(1, round(cfg.num_class_images * photos / len(instance_sizes)))
+        images += class_images(cfg, parts, prompt, size, cache_dir, count=wanted).images
+        sizes += [size] * wanted
+    return images, sizes
+
+
 def image_path(folder: Path, index: int) -> Path:
     return folder / f"{index:06d}.png"
 
 
 def _generate_missing(
-    cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int, folder: Path, have: int, wanted: int
+    cfg: PriorConfig, parts: ModelParts, prompt: str, resolution: int | Size, folder: Path, have: int, wanted: int
 ) -> None:
     pipeline = parts.pipeline(scheduler=sampler(parts.inference_scheduler, cfg.sampler))
     bar = tqdm(total=wanted, initial=have, desc="class images", unit="img")

@@ -26,8 +26,10 @@ from dbexp.console import announce, format_bytes
 from dbexp.datamodule import (
     DreamBoothDataModule,
     check_data_config,
+    crop_sizes,
     instance_prompt,
     load_subject_images,
+    nearest_bucket,
     resolve_subject,
 )
 from dbexp.dreambooth_module import DreamBoothModule
@@ -55,7 +57,7 @@ from dbexp.metric_models import load_metric_models, metric_model_folders
 from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelParts, check_model_config, load_model
 from dbexp.optimization import check_optimizer_config
-from dbexp.prior_cache import check_prior_config, class_images, class_prompt, load_class_dir
+from dbexp.prior_cache import bucketed_class_images, check_prior_config, class_images, class_prompt, load_class_dir
 from dbexp.pruning import PruningCallback, pruning_metric, report_every, report_sign
 from dbexp.sampling import sampler
 from dbexp.sweep_tracking import check_logger_config
@@ -279,14 +281,30 @@ class Stages:
     def fit(self, parts: ModelParts) -> Trained:
         """Class images, cached encodings, data, module — and training; the metrics at its end."""
         cfg, plan, trainer = self.cfg, self.plan, self.trainer
-        prior_images = plan.class_photos
-        if plan.class_prompt is not None and prior_images is None:
+        instance_sizes = crop_sizes(cfg.data, plan.instance_images)  # squares, or aspect-ratio buckets
+        prior_images, class_sizes = plan.class_photos, None
+        if prior_images is not None and cfg.data.buckets:  # the user's class photos: the nearest bucket in use
+            class_sizes = [nearest_bucket(*image.size, sorted(set(instance_sizes))) for image in prior_images]
+        elif plan.class_prompt is not None and cfg.data.buckets:
+            prior_images, class_sizes = bucketed_class_images(
+                cfg.prior, parts, plan.class_prompt, instance_sizes, cfg.paths.cache_dir
+            )
+        elif plan.class_prompt is not None and prior_images is None:
             prior_images = class_images(
                 cfg.prior, parts, plan.class_prompt, cfg.data.resolution, cfg.paths.cache_dir
             ).images
-        encoded = encode_once(cfg, parts, plan, prior_images, self.device)
+        if prior_images is not None and class_sizes is None:
+            class_sizes = [(cfg.data.resolution, cfg.data.resolution)] * len(prior_images)
+        encoded = encode_once(cfg, parts, plan, prior_images, self.device, instance_sizes + (class_sizes or []))
         datamodule = DreamBoothDataModule(
-            cfg.data, plan.instance_images, prior_images, cfg.seed, encoded.instance_latents, encoded.class_latents
+            cfg.data,
+            plan.instance_images,
+            prior_images,
+            cfg.seed,
+            encoded.instance_latents,
+            encoded.class_latents,
+            instance_sizes=instance_sizes,
+            class_sizes=class_sizes,
         )
         for callback in self.callbacks:  # from the base model as loaded (before the module holds any part in half)
             if isinstance(callback, ValidationLossCallback):
@@ -462,8 +480,9 @@ def offloadable(cfg: DictConfig, encoded: Encoded, xl: bool = False) -> tuple[st
     return parts
 
 
-def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None, device) -> Encoded:
-    """VAE latents and text embeddings from the shared cache, where caching them is valid."""
+def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None, device, sizes=None) -> Encoded:
+    """VAE latents and text embeddings from the shared cache, where caching them is valid; ``sizes``: each
+    image's crop (instance photos, then class images; None: the ``data.resolution`` square)."""
     encoded = Encoded()
     if cfg.data.cache_latents and cfg.data.center_crop:
         images = plan.instance_images + (class_images or [])  # one pass: the VAE moves to the device once
@@ -475,6 +494,7 @@ def encode_once(cfg: DictConfig, parts, plan: RunPlan, class_images: list | None
             cfg.data.random_flip,
             cfg.paths.cache_dir,
             device,
+            sizes=sizes,
         )
         n = len(plan.instance_images)
         encoded.instance_latents, encoded.class_latents = latents[:n], (latents[n:] if class_images else None)

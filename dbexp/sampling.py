@@ -81,11 +81,13 @@ def generate(
     guidance_scale: float,
     num_inference_steps: int,
     negative_prompt: str = "",
-    resolution: int | None = None,
+    resolution: int | tuple[int, int] | None = None,
     batch_size: int = 4,
     progress: str | None = None,
 ) -> list[Image.Image]:
-    """One image per (prompt, seed) pair, in order; ``progress`` names a bar (None: no bar)."""
+    """One image per (prompt, seed) pair, in order, ``resolution`` square or (width, height) (None: the
+    pipeline's own size); ``progress`` names a bar (None: no bar)."""
+    width, height = (resolution, resolution) if resolution is None or isinstance(resolution, int) else resolution
     if len(prompts) != len(seeds):
         raise ValueError("generate() takes one seed per prompt")
     pipeline.set_progress_bar_config(disable=True)  # one bar over images, not one per batch
@@ -99,8 +101,8 @@ def generate(
             negative_prompt=[negative_prompt] * len(generators) if negative_prompt else None,
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
-            height=resolution,
-            width=resolution,
+            height=height,
+            width=width,
             generator=generators,
             output_type="pil",
         )

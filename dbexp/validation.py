@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dbexp.config import EvalConfig
-from dbexp.datamodule import center_geometry, sample_seed
+from dbexp.datamodule import center_geometry, crop_sizes, sample_seed
 from dbexp.encoding_cache import cached_latents, cached_text_embeddings, encode_text, token_ids
 from dbexp.errors import UserInputError
 from dbexp.prior_cache import class_images
@@ -70,7 +70,7 @@ class ValidationSet:
     ids), the prompt's token ids, and the text encoders' output for them when the encoders are frozen (else
     they run on the ids at each validation)."""
 
-    latents: dict[str, torch.Tensor]
+    latents: dict[str, list[torch.Tensor]]  # per image: its shape follows its crop (aspect-ratio buckets)
     geometry: dict[str, torch.Tensor]
     ids: dict[str, dict[str, torch.Tensor]]
     text: dict[str, dict[str, torch.Tensor]] | None
@@ -89,14 +89,28 @@ def build_validation_set(cfg, parts, instance_images, instance_prompt: str, clas
         images["class"] = class_images(prior, parts, class_prompt, cfg.data.resolution, cfg.paths.cache_dir).images
         prompts["class"] = class_prompt
     kinds = list(images)
+    square = (cfg.data.resolution, cfg.data.resolution)
+    sizes = {"instance": crop_sizes(cfg.data, images["instance"]), "class": [square] * len(images.get("class", []))}
     flat = [image for kind in kinds for image in images[kind]]
+    flat_sizes = [size for kind in kinds for size in sizes[kind]]
     encoded = cached_latents(
-        parts.vae, parts.identity["vae"], flat, cfg.data.resolution, False, cfg.paths.cache_dir, device
+        parts.vae,
+        parts.identity["vae"],
+        flat,
+        cfg.data.resolution,
+        False,
+        cfg.paths.cache_dir,
+        device,
+        sizes=flat_sizes,
     )
-    means = torch.stack([e["mean"] for e in encoded]) * parts.vae.config.scaling_factor
-    counts = [len(images[kind]) for kind in kinds]
-    latents = dict(zip(kinds, torch.split(means, counts), strict=True))
-    geometry = {kind: torch.stack([center_geometry(im, cfg.data.resolution) for im in images[kind]]) for kind in kinds}
+    means = [e["mean"] * parts.vae.config.scaling_factor for e in encoded]  # each photo at its own crop size
+    latents, begin = {}, 0
+    for kind in kinds:
+        latents[kind], begin = means[begin : begin + len(images[kind])], begin + len(images[kind])
+    geometry = {
+        kind: torch.stack([center_geometry(im, size) for im, size in zip(images[kind], sizes[kind], strict=True)])
+        for kind in kinds
+    }
     text = None
     if not cfg.finetune.train_text_encoder:
         embedded = cached_text_embeddings(parts, [prompts[kind] for kind in kinds], cfg.paths.cache_dir, device)
@@ -116,15 +130,19 @@ def validation_loss(module, vset: ValidationSet, seed: int, batch_size: int) -> 
         if kind not in vset.latents:
             continue
         latents = vset.latents[kind]
-        pairs = [(i, t) for i in range(len(latents)) for t in vset.timesteps]
+        # (image, timestep) pairs, grouped by the image's latent shape (aspect-ratio buckets), so a chunk stacks
+        pairs = sorted(
+            [(i, t) for i in range(len(latents)) for t in vset.timesteps], key=lambda p: tuple(latents[p[0]].shape)
+        )
         if vset.text is not None:
             text = {name: value.to(device) for name, value in vset.text[kind].items()}
         else:
             ids = {name: value.to(device) for name, value in vset.ids[kind].items()}
             text = encode_text(module.text_encoder, ids["ids"], module.text_encoder_2, ids.get("ids_2"))
         total = 0.0
-        for begin in range(0, len(pairs), batch_size):
-            chunk = pairs[begin : begin + batch_size]
+        chunks = [pairs[b : b + batch_size] for b in range(0, len(pairs), batch_size)]
+        chunks = [part for chunk in chunks for part in _split_by_shape(chunk, latents)]
+        for chunk in chunks:
             clean = torch.stack([latents[i] for i, _ in chunk]).to(device)
             noise = torch.stack(
                 [
@@ -152,6 +170,17 @@ def validation_loss(module, vset: ValidationSet, seed: int, batch_size: int) -> 
     if "val/loss_prior" in losses:  # DreamBooth's loss at prior weight 1: the same yardstick for every trial
         losses["val/loss"] = losses["val/loss_instance"] + losses["val/loss_prior"]
     return losses
+
+
+def _split_by_shape(chunk: list[tuple[int, int]], latents) -> list[list[tuple[int, int]]]:
+    """``chunk`` cut where its images' latent shape changes (it is sorted by shape)."""
+    parts: list[list[tuple[int, int]]] = []
+    for pair in chunk:
+        if parts and latents[parts[-1][-1][0]].shape == latents[pair[0]].shape:
+            parts[-1].append(pair)
+        else:
+            parts.append([pair])
+    return parts
 
 
 class ValidationLossCallback(L.Callback):

@@ -161,3 +161,22 @@ def browser():
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     yield driver
     driver.quit()
+
+
+def photo(width: int, height: int, colour):
+    """A made-up subject photo: a light ellipse on ``colour``, ``width`` × ``height``."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), colour)
+    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(250, 250, 250))
+    return image
+
+
+@pytest.fixture
+def mixed_photos(tmp_path) -> Path:
+    """Two portrait, two landscape and one square photo of one subject (``data.buckets`` tests)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (w, h) in enumerate([(300, 400), (330, 440), (400, 300), (440, 330), (300, 300)]):
+        photo(w, h, (40 * i, 90, 160)).save(folder / f"{i}.png")
+    return folder

@@ -97,6 +97,9 @@ def test_train_step_flops_count_the_passes_that_train(tmp_path):
     unet = counted_flops(full.model, 512)["unet_forward"]
     assert step_flops(full) == pytest.approx(3 * unet * 2)  # forward + backward, instance + class sample
     assert step_flops(lora) == pytest.approx(2 * unet * 2)  # frozen weights: no weight gradients
+    # SDXL: its UNet with the added conditioning, both text encoders; ~6.8 TFLOP a 1024 px sample
+    xl = counted_flops(compose_train(tmp_path, tmp_path / "cache", "model=sdxl").model, 1024)
+    assert 6.5 < xl["unet_forward"] < 7.0 and xl["text_encoder"] > 5 * counted_flops(full.model, 512)["text_encoder"]
 
 
 def test_a_stopped_bench_stops_its_sweep(tmp_path):

@@ -30,10 +30,16 @@ def _final_unet(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny_xl"])  # tiny_xl: SDXL's two text encoders and time ids
-def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg, monkeypatch, model):
+@pytest.mark.parametrize("model", ["tiny", "tiny_xl", "tiny_xl-buckets"])  # SDXL's two encoders and time ids
+def test_a_stopped_and_resumed_run_ends_bit_identical(make_cfg, monkeypatch, model, request):
+    bucketed = []
+    if model.endswith("-buckets"):  # portrait, landscape and square photos in batches of 2, one bucket each
+        folder = request.getfixturevalue("mixed_photos")
+        bucketed = ["data.buckets=true", "data.bucket_step=8", f"data.instance_dir={folder}", "data.class_noun=dog"]
+        bucketed += ["data.batch_size=2", "prior.num_class_images=5"]
     steps = [
-        f"model={model}",
+        f"model={model.removesuffix('-buckets')}",
+        *bucketed,
         "trainer.max_steps=6",
         "finetune.train_text_encoder=true",
         "optimizer.lr=1e-3",

@@ -127,7 +127,7 @@ def test_the_time_ids_come_from_each_photos_real_crop():
 
     wide = Image.new("RGB", (300, 200))  # resized to 48 x 32, centre crop 32 x 32 from x = 8
     stream = ImageStream([wide], 0, 0, 32, center_crop=True, random_flip=False)
-    assert stream[0]["geometry"].tolist() == [200, 300, 0, 8, 32, 32] == center_geometry(wide, 32).tolist()
+    assert stream[0]["geometry"].tolist() == [200, 300, 0, 8, 32, 32] == center_geometry(wide, (32, 32)).tolist()
     flipped = ImageStream([wide], 0, 0, 32, center_crop=False, random_flip=True)
     for index in range(8):  # random crops: the left edge as the model sees it (mirrored when flipped)
         top, left = flipped[index]["geometry"].tolist()[2:4]

@@ -46,7 +46,7 @@ def test_validation_inputs_are_fixed_by_the_eval_seed_only(make_cfg):
     other_noise = validation_loss(module, vset, seed=1, batch_size=3)
     assert all(abs(other_noise[k] - first[k]) > 1e-4 for k in first)
     again = build_validation_set(cfg, parts, plan.instance_images, plan.instance_prompt, "a photo of dog", "cpu")
-    assert all(torch.equal(vset.latents[k], again.latents[k]) for k in vset.latents)
+    assert all(torch.equal(torch.stack(vset.latents[k]), torch.stack(again.latents[k])) for k in vset.latents)
     # The validation class images are not the training ones: another seed range of the prior cache.
     manifests = [p.read_text() for p in Path(cfg.paths.cache_dir).glob("class_images/*/manifest.json")]
     assert any(f'"seed": {cfg.prior.seed + VALIDATION_SEED_OFFSET}' in m for m in manifests)
