@@ -49,15 +49,10 @@ def check_export_config(cfg, model_cfg) -> None:
 
 def check_export_parts(cfg, finetune_cfg, parts) -> None:
     """What only the loaded model tells (the text encoder's layout), right after loading, before training."""
-    if cfg.enabled and "single_file" in cfg.formats and parts.xl:
-        raise UserInputError(
-            "export.formats=[…, single_file]: the original single-file layout is not written for SDXL yet; "
-            "use export.formats=[diffusers] (StableDiffusionXLPipeline.from_pretrained and load_lora_weights load it)"
-        )
     if cfg.enabled and "single_file" in cfg.formats and finetune_cfg.method == "full":
         from dbexp.original_layout import check_writable
 
-        check_writable(parts.text_encoder)
+        check_writable(parts.text_encoder, parts.text_encoder_2)
 
 
 def export_dtype(cfg, model_cfg) -> str:
@@ -91,7 +86,7 @@ def export_run(module, cfg, folder: str | Path, metrics: dict[str, Any]) -> Path
             }
             alpha = finetune.lora.alpha or finetune.lora.rank
             pointer["lora"] = {"rank": finetune.lora.rank, "alpha": alpha, "text_encoder": module.train_text_encoder}
-            unet, text = save_lora(
+            unet, text, text_2 = save_lora(
                 module.unet, module.text_encoder, module.train_text_encoder, staging, module.text_encoder_2
             )
             if single:
@@ -100,11 +95,13 @@ def export_run(module, cfg, folder: str | Path, metrics: dict[str, Any]) -> Path
                     "ss_network_dim": str(finetune.lora.rank),
                     "ss_network_alpha": f"{alpha:g}",
                 }
-                save_safetensors(lora_to_kohya(unet, text, alpha), staging / SINGLE_FILE["lora"], dtype, kohya_header)
+                xl_config = dict(module.unet.config) if module.xl else None  # SDXL: kohya's ldm names
+                kohya = lora_to_kohya(unet, text, alpha, text_2, xl_config)
+                save_safetensors(kohya, staging / SINGLE_FILE["lora"], dtype, kohya_header)
         else:
             write_pipeline(module.model_parts(), staging)
             if single:
-                state = single_file_state(module.unet, module.vae, module.text_encoder)
+                state = single_file_state(module.unet, module.vae, module.text_encoder, module.text_encoder_2)
                 save_safetensors(state, staging / SINGLE_FILE["full"], dtype, header)
         for file in staging.rglob("*.safetensors"):
             if file.name not in SINGLE_FILE.values():

@@ -96,10 +96,10 @@ def set_trainable(cfg: FinetuneConfig, unet, text_encoder, text_encoder_2=None) 
 
 def save_lora(
     unet, text_encoder, text_encoder_too: bool, folder: Path, text_encoder_2=None
-) -> tuple[dict, dict | None]:
+) -> tuple[dict, dict | None, dict | None]:
     """The adapters in diffusers' LoRA format (what ``load_lora_weights`` reads) into ``folder`` (SDXL's
-    with its second text encoder's); returns the UNet's and the first text encoder's adapter weights (peft's
-    names)."""
+    with its second text encoder's); returns the UNet's and each text encoder's adapter weights (peft's
+    names; None where none train)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from peft.utils import get_peft_model_state_dict
 
@@ -118,9 +118,10 @@ def save_lora(
     unet_layers = layers(unet)
     text_layers = layers(text_encoder) if text_encoder_too else None
     second = {}
+    text_2_layers = layers(text_encoder_2) if text_encoder_2 is not None and text_encoder_too else None
     if text_encoder_2 is not None:
         second = {
-            "text_encoder_2_lora_layers": layers(text_encoder_2) if text_encoder_too else None,
+            "text_encoder_2_lora_layers": text_2_layers,
             "text_encoder_2_lora_adapter_metadata": adapter_config(text_encoder_2) if text_encoder_too else None,
         }
     pipeline = StableDiffusionXLPipeline if text_encoder_2 is not None else StableDiffusionPipeline
@@ -133,7 +134,7 @@ def save_lora(
         text_encoder_lora_adapter_metadata=adapter_config(text_encoder) if text_encoder_too else None,
         **second,
     )
-    return unet_layers, text_layers
+    return unet_layers, text_layers, text_2_layers
 
 
 def is_lora_export(folder: Path) -> bool:

@@ -7,8 +7,10 @@ tiny and toy models convert by the same rules as SD1.5. The tests convert back w
 compare every tensor.
 
 Layout: ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), ``cond_stage_model.transformer.*``
-(a CLIP text encoder, SD1.x). SD2.x's OpenCLIP text encoder has a layout of its own (fused q/k/v, ``resblocks``)
-that is not written here: :func:`single_file_state` says so in one line.
+(a CLIP text encoder, SD1.x). SDXL: ``conditioner.embedders.0.transformer.*`` (CLIP ViT-L) and
+``conditioner.embedders.1.model.*`` (OpenCLIP bigG in OpenCLIP's own layout: fused q/k/v, ``resblocks``, the
+projection transposed). SD2.x's OpenCLIP ViT-H (its last layer dropped by diffusers) is not written here:
+:func:`check_writable` says so in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
+XL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+XL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 #: Inside a UNet residual block: diffusers name → ldm name.
 _UNET_RESNET = {
@@ -29,6 +33,14 @@ _UNET_RESNET = {
     "norm2": "out_layers.0",
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
+}
+#: Inside an OpenCLIP residual block: diffusers (transformers' CLIP) name → OpenCLIP name (q/k/v are fused).
+_OPEN_CLIP_BLOCK = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
 }
 #: Inside a VAE residual block and its attention.
 _VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
@@ -126,43 +138,98 @@ def text_encoder_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.
     return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
 
 
-def check_writable(text_encoder) -> None:
-    """A text encoder whose original layout is not written here (SD2.x's OpenCLIP ViT-H, 1024 wide): one line."""
+def open_clip_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModelWithProjection`` (SDXL's OpenCLIP bigG) in OpenCLIP's layout — what diffusers'
+    ``convert_open_clip_checkpoint`` reads back: q/k/v fused into ``in_proj_*``, the projection transposed."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key == "text_projection.weight":
+            out["text_projection"] = value.T.contiguous()
+            continue
+        key = key.removeprefix("text_model.")
+        if key == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif key == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif key.startswith("final_layer_norm."):
+            out["ln_final." + key.removeprefix("final_layer_norm.")] = value
+        elif key.startswith("encoder.layers."):
+            layer, rest = key.removeprefix("encoder.layers.").split(".", 1)
+            block = f"transformer.resblocks.{layer}."
+            projection, _, kind = rest.removeprefix("self_attn.").partition(".")
+            if rest.startswith("self_attn.") and projection in ("q_proj", "k_proj", "v_proj"):
+                fused.setdefault(f"{block}attn.in_proj_{kind}", {})[projection] = value
+                continue
+            for a, b in _OPEN_CLIP_BLOCK.items():
+                if rest.startswith(f"{a}."):
+                    rest = b + rest[len(a) :]
+                    break
+            out[block + rest] = value
+    for key, parts in fused.items():
+        out[key] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
+    return out
+
+
+def check_writable(text_encoder, text_encoder_2=None) -> None:
+    """A text encoder whose original layout is not written here (SD2.x's OpenCLIP ViT-H, 1024 wide): one line.
+    SDXL's pair (CLIP ViT-L + OpenCLIP bigG with projection) is written."""
     from dbexp.errors import UserInputError
 
-    if type(text_encoder).__name__ != "CLIPTextModel" or int(text_encoder.config.hidden_size) == 1024:
+    xl = text_encoder_2 is not None
+    writable = type(text_encoder).__name__ == "CLIPTextModel" and (xl or int(text_encoder.config.hidden_size) != 1024)
+    if xl:
+        writable = writable and type(text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    if not writable:
         raise UserInputError(
-            "export.formats=[single_file]: a full model's single file is written for SD1.x-style CLIP text encoders "
+            "export.formats=[single_file]: a full model's single file is written for SD1.x and SDXL text encoders "
             "only (SD2.x keeps OpenCLIP's layout); drop single_file (LoRA single files work for every model)"
         )
 
 
-def single_file_state(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """The whole pipeline's weights under their original-layout names (the tensors themselves, not copies)."""
-    check_writable(text_encoder)
+def single_file_state(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """The whole pipeline's weights under their original-layout names (the tensors themselves, not copies;
+    SDXL's OpenCLIP q/k/v fused into new ones)."""
+    check_writable(text_encoder, text_encoder_2)
     parts = [
         (UNET_PREFIX, rename(unet.state_dict(), unet_prefixes(unet.config))),
         (VAE_PREFIX, vae_to_original(vae.state_dict(), vae.config)),
-        (CLIP_PREFIX, text_encoder_to_original(text_encoder.state_dict())),
     ]
+    if text_encoder_2 is None:
+        parts.append((CLIP_PREFIX, text_encoder_to_original(text_encoder.state_dict())))
+    else:
+        parts.append((XL_CLIP_PREFIX, text_encoder_to_original(text_encoder.state_dict())))
+        parts.append((XL_OPEN_CLIP_PREFIX, open_clip_to_original(text_encoder_2.state_dict())))
     return {prefix + key: value for prefix, state in parts for key, value in state.items()}
 
 
 def lora_to_kohya(
-    unet_layers: dict[str, torch.Tensor], text_encoder_layers: dict[str, torch.Tensor] | None, alpha: float
+    unet_layers: dict[str, torch.Tensor],
+    text_encoder_layers: dict[str, torch.Tensor] | None,
+    alpha: float,
+    text_encoder_2_layers: dict[str, torch.Tensor] | None = None,
+    unet_config: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """peft LoRA weights (``lora_A`` / ``lora_B``, as :func:`dbexp.finetune.save_lora` writes them) in kohya's
     names (``lora_unet_…`` / ``lora_te_…`` with ``lora_down`` / ``lora_up`` and an ``alpha`` per layer), which
     AUTOMATIC1111, ComfyUI and ``load_lora_weights`` read. diffusers' ``convert_state_dict_to_kohya`` does the
-    renaming; the alpha is the run's (it writes alpha = rank) and the text encoder's prefix SD1.x's ``lora_te_``."""
+    renaming; the alpha is the run's (it writes alpha = rank) and the text encoder's prefix SD1.x's ``lora_te_``.
+    SDXL (``unet_config`` given): kohya's SDXL names — the UNet's layers under their original (ldm) names
+    (``lora_unet_input_blocks_4_1_…``), the text encoders as ``lora_te1_`` / ``lora_te2_``."""
     from diffusers.utils import convert_state_dict_to_kohya
 
+    xl = unet_config is not None
+    if xl:
+        unet_layers = rename(unet_layers, unet_prefixes(unet_config))
     state = {f"unet.{k}": v for k, v in unet_layers.items()}
     for key, value in (text_encoder_layers or {}).items():
         state[f"text_encoder.{text_encoder_to_original({key: value}).popitem()[0]}"] = value
+    for key, value in (text_encoder_2_layers or {}).items():
+        state[f"text_encoder_2.{key}"] = value
     kohya = convert_state_dict_to_kohya(state)
     out = {}
     for key, value in kohya.items():
-        key = key.replace("lora_te1_", "lora_te_", 1)
+        if not xl:
+            key = key.replace("lora_te1_", "lora_te_", 1)
         out[key] = torch.tensor(float(alpha)) if key.endswith(".alpha") else value
     return out

@@ -134,8 +134,73 @@ def test_the_time_ids_come_from_each_photos_real_crop():
         assert top == 0 and 0 <= left <= 16
 
 
-def test_a_single_file_export_of_sdxl_is_refused_with_one_line_before_training(make_cfg):
-    from dbexp.errors import UserInputError
+#: tiny_xl with its two text encoders of different widths, as SDXL's (768 / 1280): diffusers' single-file reader
+#: tells the two apart by width.
+WIDER_SECOND = ["model.architecture.text_encoder_2.hidden_size=48", "model.architecture.unet.cross_attention_dim=80"]
 
-    with pytest.raises(UserInputError, match=r"export.formats=\[…, single_file\]: .* not written for SDXL"):
-        run(make_cfg(*XL, "export.formats=[diffusers,single_file]"))
+
+def test_a_full_sdxl_single_file_in_the_original_layout_draws_what_the_folder_draws(make_cfg):
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from dbexp.export import SINGLE_FILE
+    from dbexp.original_layout import XL_CLIP_PREFIX, XL_OPEN_CLIP_PREFIX
+
+    cfg = make_cfg(*XL, *WIDER_SECOND, "export.formats=[diffusers,single_file]", "eval.final=false")
+    run(cfg)
+    folder = Path(cfg.paths.output_dir) / "pipeline"
+    state = load_file(folder / SINGLE_FILE["full"])
+    assert any(k.startswith(XL_CLIP_PREFIX + "text_model.encoder.layers.0.") for k in state)
+    assert f"{XL_OPEN_CLIP_PREFIX}transformer.resblocks.0.attn.in_proj_weight" in state  # OpenCLIP's fused q/k/v
+    assert state[f"{XL_OPEN_CLIP_PREFIX}text_projection"].shape == (48, 32)  # (width, projection): transposed
+    assert any(k.startswith("model.diffusion_model.label_emb.0.0.") for k in state)  # the added conditioning
+
+    def draw(pipeline):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline("a photo of sks dog", num_inference_steps=2, generator=generator, output_type="np").images
+
+    from_folder = draw(StableDiffusionXLPipeline.from_pretrained(folder))
+    single = StableDiffusionXLPipeline.from_single_file(
+        folder / SINGLE_FILE["full"], config=str(folder), local_files_only=True
+    )
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):  # every tensor back where it was
+        own = getattr(StableDiffusionXLPipeline.from_pretrained(folder), name).state_dict()
+        back = getattr(single, name).state_dict()
+        for key, value in own.items():
+            torch.testing.assert_close(back[key], value, rtol=0, atol=0, msg=f"{name}.{key}")
+    np.testing.assert_allclose(draw(single), from_folder, atol=1e-6)
+
+
+def test_an_sdxl_lora_in_kohya_names_draws_what_the_diffusers_file_draws(make_cfg):
+    import json
+
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    from dbexp.export import SINGLE_FILE
+
+    lora = ["finetune.method=lora", "finetune.train_text_encoder=true", "finetune.lora.rank=2", "optimizer.lr=1e-2"]
+    cfg = make_cfg(*XL, *lora, "export.formats=[diffusers,single_file]", "eval.final=false")
+    run(cfg)
+    folder = Path(cfg.paths.output_dir) / "pipeline"
+    kohya = load_file(folder / SINGLE_FILE["lora"])
+    prefixes = {k.split("_")[1] for k in kohya}
+    assert prefixes == {"unet", "te1", "te2"}  # kohya's SDXL names
+    assert any(k.startswith("lora_unet_input_blocks_") for k in kohya)  # the UNet under its original names
+
+    def draw(pipeline):
+        generator = torch.Generator().manual_seed(0)
+        return pipeline("a photo of sks dog", num_inference_steps=2, generator=generator, output_type="np").images
+
+    base = json.loads((folder / "dbexp.json").read_text())["base"]["pretrained"]
+    pipeline = StableDiffusionXLPipeline.from_pretrained(base)
+    plain = draw(pipeline)
+    pipeline.load_lora_weights(folder)
+    from_diffusers = draw(pipeline)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(base)
+    pipeline.load_lora_weights(str(folder), weight_name=SINGLE_FILE["lora"])
+    from_kohya = draw(pipeline)
+    np.testing.assert_allclose(from_kohya, from_diffusers, atol=1e-5)
+    assert np.abs(from_kohya - plain).max() > 1e-3  # the adapters are on
