@@ -9,8 +9,9 @@ LOCK_VENV ?= .venv-lock
 PIP_TOOLS ?= pip-tools==7.6.2
 # make test-latest: a separate venv with the newest releases pyproject.toml's ranges allow
 LATEST_VENV ?= .venv-latest
-# make dashboard: the embedded MLflow store (logger=mlflow) and the port
+# make dashboard: the embedded MLflow store (logger=mlflow), or any backend store (MLFLOW_STORE=postgresql://…), and the port
 MLFLOW_DB   ?= outputs/mlflow.db
+MLFLOW_STORE ?= sqlite:///$(abspath $(MLFLOW_DB))
 PORT        ?= 5000
 # make optuna-dashboard: a sweep's storage (default: the newest outputs/sweep_*.db) and the port
 STORAGE     ?= $(firstword $(shell ls -t outputs/sweep_*.db 2>/dev/null))
@@ -18,7 +19,7 @@ OPTUNA_PORT ?= 8080
 # make test: pytest workers (pytest-xdist), a test file each at a time, one torch thread each (tests/conftest.py)
 TEST_WORKERS ?= 2
 
-.PHONY: install lock train test test-fast test-sd test-latest lint dashboard optuna-dashboard clean distclean
+.PHONY: install lock train test test-engines test-fast test-sd test-latest lint dashboard optuna-dashboard clean distclean
 
 install: $(STAMP)  ## create .venv from requirements.lock: exactly the locked packages (hash-checked), then dbexp itself
 
@@ -52,10 +53,13 @@ train: $(STAMP)  ## the default run: offline, the toy model and a toy subject (~
 	$(PY) -m dbexp.train
 
 test: $(STAMP)  ## the whole suite (slow end-to-end tests included), on TEST_WORKERS workers
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not sd"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not sd and not engines"
+
+test-engines: $(STAMP)  ## the scale-out engines for real on 127.0.0.1: PostgreSQL, MLflow server, SLURM (apt + root for SLURM); CI runs it too
+	$(PY) -m pytest -m engines tests/engines
 
 test-fast: $(STAMP)  ## the suite without slow-marked tests
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd and not engines"
 
 test-sd: $(STAMP)  ## not in CI: SD1.5 full + LoRA, SD2.1 LoRA, SDXL LoRA (random weights, 64 px) end to end; ~35 min, up to 17 GB and 35 GB of disk
 	$(PY) -m pytest -m sd tests/test_sd_architectures.py
@@ -68,15 +72,15 @@ test-latest:  ## not in CI: the newest releases the ranges allow (torch stays th
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "newest allowed versions: $(LATEST_VENV)/versions.txt (compare with $(LOCK))"
-	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd"
+	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd and not engines"
 
 lint: $(STAMP)
 	$(PY) -m ruff check dbexp hydra_plugins tests
 	$(PY) -m ruff format --check dbexp hydra_plugins tests
 
-dashboard: $(STAMP)  ## MLflow UI over the embedded store, on http://127.0.0.1:$(PORT)
-	@echo "MLflow UI of $(abspath $(MLFLOW_DB)) on http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(MLFLOW_DB))" --host 127.0.0.1 --port $(PORT)
+dashboard: $(STAMP)  ## MLflow UI over the embedded store (or MLFLOW_STORE=postgresql://… a tracking server's database), on http://127.0.0.1:$(PORT)
+	@echo "MLflow UI of $(MLFLOW_STORE) on http://127.0.0.1:$(PORT) (Ctrl-C stops it)"
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_STORE)" --host 127.0.0.1 --port $(PORT)
 
 optuna-dashboard: $(STAMP)  ## optuna-dashboard over a sweep's storage (STORAGE=outputs/<sweep>.db | journal file | URL)
 	@test -n "$(STORAGE)" || { echo "no outputs/sweep_*.db yet: run a sweep, or give STORAGE=<file or URL>"; exit 2; }

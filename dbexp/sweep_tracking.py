@@ -118,11 +118,22 @@ class SweepTracking(HydraCallback):
 
     @staticmethod
     def find_or_create_parent(client, experiment_id: str, name: str, config: DictConfig) -> str:
-        from filelock import FileLock
+        """The sweep's parent run, created by exactly one of the workers that start together: they hold the
+        study's own lock while they look for it (:func:`dbexp.sweep_trial.storage_lock` — a PostgreSQL
+        advisory lock for workers on several machines, a file lock beside a sqlite or journal file). A study
+        in memory has one process; it still locks its log folder against a second command started there."""
+        from dbexp.sweep_trial import storage_lock
 
-        lock_dir = Path(str(config.paths.log_dir))
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock_dir / ".mlflow_parent.lock")):  # workers on one machine start together
+        storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+        if storage:
+            lock = storage_lock(storage, "mlflow-parent")
+        else:
+            from filelock import FileLock
+
+            lock_dir = Path(str(config.paths.log_dir))
+            lock_dir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(lock_dir / ".mlflow_parent.lock"))
+        with lock:
             found = client.search_runs(
                 [experiment_id], filter_string=f"tags.`dbexp.sweep` = '{name}' and tags.`dbexp.sweep_parent` = 'true'"
             )

@@ -12,7 +12,9 @@ plugin.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,44 @@ def open_storage(storage: Any) -> Any:
         # Workers on one machine share the file: wait for a writer's lock instead of failing at once.
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
     return optuna.storages.RDBStorage(url)
+
+
+@contextlib.contextmanager
+def storage_lock(storage: Any, purpose: str) -> Iterator[None]:
+    """A lock that every worker of a study can take, wherever it runs — around what must happen once per
+    study (creating its schema and the study; the sweep's MLflow parent run). ``purpose`` names the lock.
+
+    * ``sqlite:///<file>``, ``journal:<file>``: a file lock beside the file (``<file>.<purpose>.lock``):
+      the workers share the file, so they share its folder (one machine, or one shared file system).
+    * ``postgresql://…``: a PostgreSQL advisory lock in the study's own database, held by one connection
+      for the block (released by the server if the worker dies): workers on any machine.
+    * no storage (a study in memory: one process) or another database: no lock.
+    """
+    url = str(storage or "")
+    if url.startswith(("sqlite:///", "journal:")):
+        from filelock import FileLock
+
+        path = Path(url.removeprefix("sqlite:///").removeprefix("journal:")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.{purpose}.lock"):
+            yield
+    elif url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(url.replace("postgres://", "postgresql://", 1), poolclass=NullPool)
+        key = f"dbexp:{purpose}"
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext(:key))"), {"key": key})
+        finally:
+            engine.dispose()
+    else:
+        yield
 
 
 def pruning_trial() -> Any:

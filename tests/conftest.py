@@ -54,6 +54,10 @@ def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers", "sd: the real SD architectures at 64 px (minutes each, up to 16 GB): make test-sd only"
     )
+    config.addinivalue_line(
+        "markers",
+        "engines: real PostgreSQL, MLflow server and SLURM started on 127.0.0.1 (tests/engines): make test-engines",
+    )
 
 
 @pytest.fixture(scope="session")

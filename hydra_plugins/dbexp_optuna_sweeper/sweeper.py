@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from filelock import FileLock
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
@@ -43,7 +42,7 @@ from dbexp.config import moved_key
 from dbexp.console import format_bytes
 from dbexp.errors import UserInputError, stop
 from dbexp.extras import require, require_for_url
-from dbexp.sweep_trial import job_overrides, open_storage, register_in_process
+from dbexp.sweep_trial import job_overrides, open_storage, register_in_process, storage_lock
 from dbexp.trial_retention import RUN_DIR, check_keep
 from dbexp.trial_retention import apply as apply_retention
 
@@ -157,15 +156,14 @@ def grid_values(dist: BaseDistribution) -> list[Any]:
     raise ValueError("the grid sampler needs choice(...) or range(...) parameters, not intervals")
 
 
-def setup_lock(storage: Any) -> Any:
-    """A file lock around creating a sqlite storage and its study: two workers starting together would
-    otherwise both create the schema (Optuna's RDB set-up is not safe against that)."""
-    url = str(storage or "")
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///")).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(f"{path}.lock")
-    return contextlib.nullcontext()
+def create_or_load_study(storage: str | None, **study_args: Any) -> tuple[optuna.Study, Any]:
+    """The sweep's study and its opened storage (``storage``: a URL, ``journal:<file>``, or None: in memory),
+    created by the first worker and loaded by the others — also when they start at the same moment on several
+    machines: the set-up runs under the study's lock (``storage_lock``), as Optuna's RDB set-up (schema,
+    version row, study) is not safe against two processes doing it at once."""
+    with storage_lock(storage, "setup"):
+        opened = optuna.storages.InMemoryStorage() if storage is None else open_storage(storage)
+        return optuna.create_study(storage=opened, load_if_exists=True, **study_args), opened
 
 
 def check_directions(optimized_metric: Any, directions: Sequence[str]) -> None:
@@ -310,18 +308,14 @@ class DbexpOptunaSweeper(Sweeper):
                 self.n_trials = size
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does
-        with setup_lock(self.storage):
-            self.in_memory = self.storage is None
-            # A study in memory gets its storage made here, so in-process jobs can reach it by name.
-            self.opened_storage = optuna.storages.InMemoryStorage() if self.in_memory else open_storage(self.storage)
-            study = optuna.create_study(
-                study_name=self.study_name,
-                storage=self.opened_storage,
-                sampler=sampler,
-                pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
-                directions=self.directions,
-                load_if_exists=True,
-            )
+        self.in_memory = self.storage is None  # a study in memory: in-process jobs reach it by name
+        study, self.opened_storage = create_or_load_study(
+            None if self.in_memory else str(self.storage),
+            study_name=self.study_name,
+            sampler=sampler,
+            pruner=instantiate(self.pruner_cfg) if self.pruner_cfg else optuna.pruners.NopPruner(),
+            directions=self.directions,
+        )
         if self.in_memory:
             register_in_process(study.study_name, self.opened_storage)
         self.fail_stale_trials(study)
@@ -367,8 +361,12 @@ class DbexpOptunaSweeper(Sweeper):
                 batch.append((trial, tuple(overrides)))
             if not batch:
                 continue  # other workers took the remaining slots; they finish them
-            with self.heartbeat([t for t, _ in batch]):
-                returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+            try:
+                with self.heartbeat([t for t, _ in batch]):
+                    returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+            except Exception as err:
+                self.abandon(study, [t for t, _ in batch], err)
+                raise
             self.job_idx += len(batch)
             for (trial, _), result in zip(batch, returns, strict=True):
                 if result.hydra_cfg is not None:  # where the trial's folder is, for retention (any worker)
@@ -413,6 +411,19 @@ class DbexpOptunaSweeper(Sweeper):
         finally:
             stop.set()
             thread.join()
+
+    def abandon(self, study: optuna.Study, trials: list[optuna.Trial], err: Exception) -> None:
+        """The launcher raised instead of returning the batch's results — a job that ended without one (a SLURM
+        job cancelled or its node lost: submitit's ``UncompletedJobError``, naming the job and its state): the
+        batch's trials are failed as ``abandoned`` with that reason, so they do not count and the same command
+        runs their slots again. The sweep then stops with the error (it could be the same for every retry)."""
+        reason = f"the launcher lost its batch: {type(err).__name__}: {err}"[:2000]
+        for trial in trials:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr("abandoned", True)
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("trials %s abandoned (run again by the same command): %s", [t.number for t in trials], reason)
 
     def fail_stale_trials(self, study: optuna.Study) -> None:
         """RUNNING trials whose heartbeat is older than ``grace_period``: FAIL, abandoned (their slots are retried)."""
