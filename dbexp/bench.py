@@ -299,6 +299,33 @@ def reevaluate_best(root: Path, name: str, study, folder: Path, overrides: list[
     return float(json.loads(metrics_file.read_text())["eval/score"])
 
 
+def trial_records(study, folder: Path) -> list[dict]:
+    """Per trial of a sweep: its parameters, state, objective, what it reported to the pruner, steps run, best
+    step, the in-training signals (``eval/*``, ``val/*``) and the final metrics — what a replay of other pruners
+    on a recorded sweep needs (``--json`` keeps them; ``docs/data/`` holds measured ones)."""
+    records = []
+    for trial in study.trials:
+        files = list(folder.glob(f"**/multiruns/*/{trial.number}/metrics.json"))
+        metrics = json.loads(files[0].read_text()) if files else {}
+        records.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "params": trial.params,
+                "value": trial.value,
+                "intermediate": {str(k): v for k, v in trial.intermediate_values.items()},
+                "steps_run": metrics.get("train/steps_run"),
+                "best_step": metrics.get("best_step"),
+                "final": {k: v for k, v in metrics.items() if k.startswith(("eval/", "val/")) and isinstance(v, float)},
+                "in_training": {
+                    step: {k: round(v, 6) for k, v in values.items() if not k.endswith("seconds")}
+                    for step, values in metrics.get("in_training", {}).items()
+                },
+            }
+        )
+    return records
+
+
 def _best_step(folder: Path, number: int) -> int:
     """The step whose weights trial ``number`` of a sweep folder kept (``metrics.json``'s ``best_step``)."""
     (metrics_file,) = folder.glob(f"**/multiruns/*/{number}/metrics.json")
@@ -327,6 +354,7 @@ def bench_pruning(root: Path, overrides: list[str], trials: int = 20, pruned: li
             "complete": states.count("COMPLETE"),
             "pruned": states.count("PRUNED"),
             "seconds": seconds,
+            "trials": trial_records(study, folder),
         }
         results[name]["best_reevaluated"] = reevaluate_best(root, name, study, folder, [*overrides, *extra])
         if name == "none":

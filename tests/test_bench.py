@@ -48,6 +48,8 @@ def test_bench_pruning_runs_both_sweeps_and_prints_steps_and_best(capsys, tmp_pa
     assert set(rows) == {"none", "pruned"} and int(rows["none"][0]) == 8  # 2 trials × 4 steps, nothing pruned
     numbers = json.loads((tmp_path / "p.json").read_text())
     assert numbers["none"]["complete"] == 2 and "steps with pruning ÷ without" in out
+    recorded = numbers["none"]["trials"]  # per trial, for replaying other pruners on the recorded sweep
+    assert [t["number"] for t in recorded] == [0, 1] and all(t["in_training"] and t["final"] for t in recorded)
     assert numbers["pruned"]["steps"] == 8  # the second sweep trains again (no reuse of the first's weights)
     assert "each best trial re-evaluated" in out  # trained again to its best step, evaluated on fresh seeds
     assert numbers["none"]["best_reevaluated"] == numbers["pruned"]["best_reevaluated"]  # same setting, same value

@@ -169,7 +169,9 @@ def test_a_full_sdxl_single_file_in_the_original_layout_draws_what_the_folder_dr
         back = getattr(single, name).state_dict()
         for key, value in own.items():
             torch.testing.assert_close(back[key], value, rtol=0, atol=0, msg=f"{name}.{key}")
-    np.testing.assert_allclose(draw(single), from_folder, atol=1e-6)
+    # every tensor is identical (above); the modules from_single_file builds may compute in another order
+    # (measured: up to 1.9e-6 apart with one torch thread, 0 with two)
+    np.testing.assert_allclose(draw(single), from_folder, atol=1e-5)
 
 
 def test_an_sdxl_lora_in_kohya_names_draws_what_the_diffusers_file_draws(make_cfg):

@@ -1,6 +1,6 @@
-"""The scale-out engines started for real on 127.0.0.1 (PostgreSQL, an MLflow tracking server, a one-node
-SLURM cluster): every test in this folder is marked ``engines`` — ``make test-engines`` runs them, ``make test``
-does not."""
+"""The scale-out engines started for real on 127.0.0.1 (PostgreSQL, an MLflow tracking server, a SLURM
+cluster on this machine — one node, and the machine emulated as two for multi-node DDP): every test in this
+folder is marked ``engines`` — ``make test-engines`` runs them, ``make test`` does not."""
 
 from __future__ import annotations
 
