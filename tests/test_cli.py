@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from dbexp.dreambench import BUNDLED_ROOT
 from tests.conftest import run_cli
@@ -108,29 +107,6 @@ def test_train_resume_and_generate_from_the_command_line(tmp_path, cache_dir):
 
     missing = run_cli("dbexp.generate", f"pipeline={tmp_path}", "prompt=x", cwd=tmp_path)
     assert missing.returncode == 2 and "not a diffusers pipeline folder" in _one_error_line(missing.stderr)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_ddp_on_two_cpu_processes(tmp_path, cache_dir, finetune):
-    result = run_cli(
-        "dbexp.train",
-        "trainer=ddp",
-        "trainer.devices=2",
-        f"finetune.method={finetune}",
-        f"paths.cache_dir={cache_dir}",
-        *FAST,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "distributed_backend=gloo" in result.stderr and "Starting with 2 processes" in result.stderr
-    run_dir = Path(re.findall(r"^run dir: (\S+)", result.stdout, flags=re.M)[-1])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["step"] == 4 and metrics["train/loss"] > 0
-    exported = "model_index.json" if finetune == "full" else "pytorch_lora_weights.safetensors"
-    assert (run_dir / "pipeline" / exported).is_file()
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert all((".lora_" in k) == (finetune == "lora") for k in ckpt["state_dict"])
 
 
 @pytest.mark.slow

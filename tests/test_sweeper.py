@@ -188,48 +188,6 @@ def test_an_absurd_learning_rate_fails_its_trial_while_the_sweep_completes(tmp_p
     assert trials[1e12].user_attrs["fail_reason"].startswith("FloatingPointError: training loss is nan at step")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_two_workers_on_one_storage_share_the_study(tmp_path, cache_dir, kind):
-    import os
-    import subprocess
-    import sys
-
-    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
-    args = [
-        *FAST,
-        f"paths.cache_dir={cache_dir}",
-        f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.study_name=shared",
-        "hydra.sweeper.n_trials=4",
-        "hydra/sweeper/sampler=random",
-        "optimizer.lr=tag(log, interval(1e-6, 1e-3))",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # two workers, two cores
-    workers = []
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        workers.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "dbexp.train", "--multirun", *args],
-                cwd=tmp_path / name,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outputs = [w.communicate(timeout=600) for w in workers]
-    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in outputs]
-    from dbexp.sweep_trial import open_storage
-
-    trials = optuna.load_study(study_name="shared", storage=open_storage(storage)).trials
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 4  # exactly n_trials, none lost, none extra
-    assert len({t.params["optimizer.lr"] for t in done}) == 4  # distinct trials
-    assert all(t.user_attrs.get("abandoned") for t in trials if t.state != optuna.trial.TrialState.COMPLETE)
-
-
 def _trial_dirs(tmp_path):
     return {int(p.name): p for p in (tmp_path / "outputs" / "debug" / "multiruns").glob("*/[0-9]*")}
 
