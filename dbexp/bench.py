@@ -1,4 +1,4 @@
-"""``python -m dbexp.bench prior|cache|reuse|pruning|signals|train|disk [overrides]``: speed, memory, signals, disk.
+"""``python -m dbexp.bench prior|cache|reuse|pruning|replay|signals|train|disk …``: speed, memory, signals, disk.
 
 * ``prior``: the prior stage (class images for one key) of a second run ÷ the first, in a fresh
   cache: the first run generates every image, the second reuses them (goal ≤ 0.01).
@@ -9,6 +9,8 @@
   fixed seed) without a pruner and with the preset's: training steps spent and the best objective of
   each (goal: ≤ 0.5 of the steps at a best objective within 2 %), each best trial re-evaluated on fresh
   seeds with more pictures, and how the validation losses rank the unpruned sweep's trials.
+* ``replay``: Optuna's pruners replayed on recorded unpruned sweeps (the files ``pruning --json`` writes;
+  ``docs/data/`` keeps measured ones), in place of overrides: :mod:`dbexp.bench_replay`.
 * ``signals``: one toy sweep without pruning that measures the fast evaluation subset and the validation
   loss every ``--every`` steps: how well each in-training signal, at each step, ranks the trials as their
   final values do (Spearman), and what one measurement costs — the choice of a pruning signal.
@@ -408,7 +410,7 @@ def print_flops(model_cfg, resolution: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m dbexp.bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "signals", "train", "disk"])
+    ap.add_argument("what", choices=["prior", "cache", "reuse", "pruning", "replay", "signals", "train", "disk"])
     ap.add_argument("overrides", nargs="*", help="training-config overrides, e.g. model=tiny prior.num_class_images=50")
     ap.add_argument("--steps", type=int, default=100, help="cache, train: timed steps per run")
     ap.add_argument("--warmup", type=int, default=10, help="cache, train: untimed steps before them")
@@ -435,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
             numbers = bench_reuse(root, args.overrides)
         elif args.what == "pruning":
             numbers = bench_pruning(root, args.overrides, args.trials, args.pruned)
+        elif args.what == "replay":  # the arguments are recorded sweeps, not overrides
+            from dbexp.bench_replay import bench_replay
+
+            numbers = bench_replay([Path(a) for a in args.overrides])
         elif args.what == "signals":
             numbers = bench_signals(root, args.overrides, args.trials, args.every)
         elif args.what == "disk":

@@ -50,7 +50,8 @@ class TrialPruned(optuna.TrialPruned):
 
 class PruningCallback(L.Callback):
     """Reports ``metric`` (× ``sign``) every ``every_n_steps`` (after the in-training evaluation or validation,
-    which must come first in the callback list) and stops training when the trial should be pruned."""
+    which must come first in the callback list) and stops training when the trial should be pruned — never at
+    the last step: stopping there saves no training and would throw away a finished trial's evaluation."""
 
     def __init__(self, trial: optuna.Trial, metric: str, every_n_steps: int, sign: float = 1.0) -> None:
         self.trial, self.metric, self.every, self.sign = trial, metric, every_n_steps, sign
@@ -69,7 +70,7 @@ class PruningCallback(L.Callback):
             if value is not None and math.isfinite(float(value)):
                 self.reported = float(value)
                 self.trial.report(self.sign * self.reported, step)
-                prune = self.trial.should_prune()
+                prune = step < trainer.max_steps and self.trial.should_prune()
         if trainer.world_size > 1:
             prune = trainer.strategy.broadcast(prune, src=0)
         if prune:

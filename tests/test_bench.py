@@ -141,3 +141,40 @@ def test_bench_disk_counts_a_preset_from_one_trial(tmp_path, capsys):
     assert numbers["before_bytes"] == 40 * (2 * step + sizes["export as before (float32, diffusers)"] + entry + small)
     assert numbers["now_bytes"] == 40 * small + 3 * (export + entry)
     assert "now ÷ before:" in out
+
+
+def test_replay_counts_what_a_pruner_would_have_spent_and_kept(tmp_path, capsys):
+    """``bench replay`` on a made-up record: a trial whose loss stays high is stopped at its first report."""
+    import optuna
+
+    from dbexp.bench_replay import replay
+
+    def trial(number, loss_at_50, value):
+        losses = {"0": 0.5, "50": loss_at_50, "100": loss_at_50 - 0.01, "150": loss_at_50 - 0.02}
+        in_training = {s: {"val/loss_instance": v} for s, v in losses.items()}
+        return {"number": number, "state": "COMPLETE", "value": value, "steps_run": 200, "in_training": in_training}
+
+    trials = [trial(0, 0.20, 1.0), trial(1, 0.22, 0.9), trial(2, 0.40, 0.8), trial(3, 0.19, 1.2)]
+    halving = lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=50, reduction_factor=2)  # noqa: E731
+    result = replay(trials, halving, "val/loss_instance")  # a loss: lower is better, in a study that maximizes
+    # trial 0 is promoted (first at its rung); 1 is worse than 0 at step 50 (of 2: keep 1), 2 worse still; 3 the best
+    assert result == {"steps": (200 + 50 + 50 + 200) / 800, "gap": 0.0, "finished": 2}
+    assert replay(trials, lambda: optuna.pruners.NopPruner(), "val/loss_instance")["steps"] == 1.0
+
+    record = tmp_path / "sweep.json"
+    record.write_text(json.dumps({"sweep": "none", "trials": trials}))
+    main(["replay", str(record), "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert "val/loss_instance" in out and "candidates meet the goal" in out
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert {r["signal"] for r in rows} >= {"val/loss_instance", "eval/score"} and all(
+        len(r["records"]) == 1 for r in rows
+    )
+
+
+def test_replay_of_a_file_that_is_no_record_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit) as stopped:
+        main(["replay", str(tmp_path / "other.json")])
+    assert stopped.value.code == 2
+    assert "other.json: not a recorded sweep" in capsys.readouterr().err

@@ -29,3 +29,31 @@ def test_a_pruning_metric_the_run_does_not_measure_during_training_is_one_line(m
         plan_run(make_cfg("pruning.metric=val/loss_prior"))
     with pytest.raises(UserInputError, match=r"pruning.metric=eval/dino: .* measured during training: train/loss"):
         plan_run(make_cfg("pruning.metric=eval/dino"))  # evaluated after training only
+
+
+def test_a_trial_is_pruned_before_its_last_step_and_never_at_it():
+    """A pruner that always says "prune": training stops at a report before the end; at the last step the
+    value is reported but the finished trial keeps its final evaluation."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from dbexp.pruning import PruningCallback
+
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    def trainer_at(step):
+        metrics = {"val/loss_instance": 0.2}
+        return SimpleNamespace(
+            global_step=step, max_steps=4, is_global_zero=True, world_size=1, callback_metrics=metrics
+        )
+
+    for step, pruned in [(2, True), (4, False)]:
+        trial = optuna.create_study(direction="maximize", pruner=Always()).ask()
+        callback, trainer = PruningCallback(trial, "val/loss_instance", 2, sign=-1.0), trainer_at(step)
+        trainer.should_stop = False
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+        assert trial.storage.get_trial(trial._trial_id).intermediate_values == {step: -0.2}
+        assert (trainer.should_stop, callback.pruned_at) == ((True, 2) if pruned else (False, None))

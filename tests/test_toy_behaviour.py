@@ -69,7 +69,7 @@ def test_d_a_short_sweep_finds_a_trial_clearly_better_than_the_worst(tmp_path, c
         "hydra/sweeper/pruner=none",
         "eval.metrics_every_n_steps=0",
         "eval.val_every_n_steps=0",
-        "pruning.metric=null",  # the preset's (val/loss) is measured no more
+        "pruning.metric=null",  # no pruner, no in-training measurement: only the final evaluation matters here
         "eval.images_per_prompt=4",  # half the preset's final evaluation: enough to tell the trials apart
         "eval.pres_images=8",
         "callbacks.progress_bar=null",
