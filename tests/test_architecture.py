@@ -66,8 +66,8 @@ LAYERS = [
     "dreambooth_module metric_models toy.judge toy.oracle eval_protocol validation best_step tracking export "
     "original_layout pruning trial_retention",
     "run",
-    "train generate evaluate compare run_collection cache bench bench_harness bench_train bench_disk toy.pretrain "
-    "toy.subjects",
+    "train generate evaluate compare run_collection cache bench bench_harness bench_train bench_disk bench_replay "
+    "toy.pretrain toy.subjects",
 ]
 PACKAGES = ("dbexp", "dbexp.conf", "dbexp.sweeps", "dbexp.toy")
 
