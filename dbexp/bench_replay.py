@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dbexp.errors import UserInputError
-from dbexp.metric_suites import direction
+from dbexp.pruning import report_sign
 
 #: What a replay tries: the signals the toy preset measures in training (``val/*`` every 50 steps, the fast
 #: subset's ``eval/*`` every 100) and the pruners ``hydra/sweeper/pruner`` offers, over their warm-up settings.
 SIGNALS = ("eval/score", "eval/subject_fidelity", "val/loss", "val/loss_instance", "val/loss_prior")
 
 
-def pruners() -> Iterator[tuple[str, Callable]]:
-    """(label, factory of a fresh pruner) for every candidate."""
+def pruners(length: int) -> Iterator[tuple[str, Callable]]:
+    """(label, factory of a fresh pruner) for every candidate; ``length``: a trial's training steps."""
     import optuna
 
     p = optuna.pruners
@@ -43,7 +43,7 @@ def pruners() -> Iterator[tuple[str, Callable]]:
         for eta in (2, 3):
             yield (
                 f"hyperband from {first}, η {eta}",
-                lambda f=first, e=eta: p.HyperbandPruner(min_resource=f, max_resource=300, reduction_factor=e),
+                lambda f=first, e=eta: p.HyperbandPruner(min_resource=f, max_resource=length, reduction_factor=e),
             )
 
 
@@ -65,12 +65,17 @@ def load_record(path: Path) -> list[dict]:
     return finished
 
 
+def trial_length(trials: list[dict]) -> int:
+    """The training steps of a recorded sweep's finished trials."""
+    return max(int(t["steps_run"] or max(map(int, t["in_training"]))) for t in trials)
+
+
 def replay(trials: list[dict], make_pruner: Callable, signal: str, study_direction: str = "maximize") -> dict:
     """``make_pruner()`` replayed on ``trials`` with ``signal``: steps spent ÷ all, best kept ÷ best, finished."""
     import optuna
 
-    length = max(int(t["steps_run"] or max(map(int, t["in_training"]))) for t in trials)
-    sign = -1.0 if direction(signal) not in (None, study_direction) else 1.0
+    length = trial_length(trials)
+    sign = report_sign(signal, study_direction)  # a loss is reported negated to a study that maximizes
     study = optuna.create_study(direction=study_direction, pruner=make_pruner())
     spent, kept = 0, []
     for record in trials:
@@ -107,8 +112,9 @@ def bench_replay(records: list[Path], goal_steps: float = 0.5, goal_gap: float =
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     sweeps = [load_record(p) for p in records]
     rows = []
+    length = max(trial_length(trials) for trials in sweeps)
     for signal in SIGNALS:
-        for label, factory in pruners():
+        for label, factory in pruners(length):
             results = [replay(trials, factory, signal) for trials in sweeps]
             meets = all(r["steps"] <= goal_steps and r["gap"] >= -goal_gap for r in results)
             rows.append({"signal": signal, "pruner": label, "meets": meets, "records": results})
