@@ -193,6 +193,11 @@ class PruningConfig:
     # eval.metrics_every_n_steps), train/loss (every trainer.log_every_n_steps). Its direction comes from
     # the metric registry (dbexp.metric_suites): a loss is reported negated to a study that maximizes.
     metric: str | None = None
+    # A cheaper signal for the first steps: before step early_until the trial reports early_metric instead
+    # (e.g. val/loss_instance — has it begun to learn the subject? — before the first sampled evaluation).
+    # Pruners compare trials at the same step, so each step's values stay one signal. null: metric throughout.
+    early_metric: str | None = None
+    early_until: int = 0
 
 
 @dataclass

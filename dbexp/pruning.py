@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import lightning as L
 import optuna
@@ -26,6 +27,26 @@ def pruning_metric(cfg: DictConfig) -> str:
         return str(cfg.pruning.metric)
     names = cfg.optimized_metric
     return str(names if isinstance(names, str) else names[0])
+
+
+class Signal(NamedTuple):
+    """One value a trial reports: ``metric`` × ``sign`` every ``every`` steps, before step ``until`` (None: to
+    the end)."""
+
+    metric: str
+    every: int
+    sign: float
+    until: int | None = None
+
+
+def pruning_signals(cfg: DictConfig, study_direction: str) -> list[Signal]:
+    """What the trial reports, in step order: ``pruning.early_metric`` before ``pruning.early_until`` when set,
+    then the pruning metric; a signal the run does not measure during training is left out."""
+    metric = pruning_metric(cfg)
+    stages = [(str(cfg.pruning.early_metric), int(cfg.pruning.early_until))] if cfg.pruning.early_metric else []
+    stages.append((metric, None))
+    signals = [Signal(m, report_every(cfg, m), report_sign(m, study_direction), until) for m, until in stages]
+    return [s for s in signals if s.every]
 
 
 def report_every(cfg: DictConfig, metric: str) -> int:
@@ -49,27 +70,34 @@ class TrialPruned(optuna.TrialPruned):
 
 
 class PruningCallback(L.Callback):
-    """Reports ``metric`` (× ``sign``) every ``every_n_steps`` (after the in-training evaluation or validation,
-    which must come first in the callback list) and stops training when the trial should be pruned — never at
-    the last step: stopping there saves no training and would throw away a finished trial's evaluation."""
+    """Reports the signal of the step (× its sign; after the in-training evaluation or validation, which must come
+    first in the callback list) and stops training when the trial should be pruned — never at the last step:
+    stopping there saves no training and would throw away a finished trial's evaluation."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, every_n_steps: int, sign: float = 1.0) -> None:
-        self.trial, self.metric, self.every, self.sign = trial, metric, every_n_steps, sign
+    def __init__(self, trial: optuna.Trial, signals: list[Signal]) -> None:
+        self.trial, self.signals = trial, signals
         self.pruned_at: int | None = None
+        self.metric: str | None = None  # what was last reported
         self.reported: float | None = None
         self._last_step: int | None = None
 
+    def signal_at(self, step: int) -> Signal | None:
+        """The signal the trial reports at ``step`` (None: nothing is reported there)."""
+        signal = next((s for s in self.signals if s.until is None or step < s.until), None)
+        return signal if signal is not None and step % signal.every == 0 else None
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every or step == self._last_step:
+        signal = self.signal_at(step)
+        if signal is None or step == self._last_step:
             return
         self._last_step = step
         prune = False
         if trainer.is_global_zero:  # the evaluation runs on rank 0 only
-            value = trainer.callback_metrics.get(self.metric)
+            value = trainer.callback_metrics.get(signal.metric)
             if value is not None and math.isfinite(float(value)):
-                self.reported = float(value)
-                self.trial.report(self.sign * self.reported, step)
+                self.metric, self.reported = signal.metric, float(value)
+                self.trial.report(signal.sign * self.reported, step)
                 prune = step < trainer.max_steps and self.trial.should_prune()
         if trainer.world_size > 1:
             prune = trainer.strategy.broadcast(prune, src=0)

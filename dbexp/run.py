@@ -58,7 +58,7 @@ from dbexp.metric_models import release as release_metric_models
 from dbexp.model_loading import ModelParts, check_model_config, load_model
 from dbexp.optimization import check_optimizer_config
 from dbexp.prior_cache import bucketed_class_images, check_prior_config, class_images, class_prompt, load_class_dir
-from dbexp.pruning import PruningCallback, pruning_metric, report_every, report_sign
+from dbexp.pruning import PruningCallback, pruning_metric, pruning_signals, report_every
 from dbexp.sampling import sampler
 from dbexp.sweep_tracking import check_logger_config
 from dbexp.sweep_trial import pruning_trial, trial_number
@@ -124,14 +124,19 @@ def plan_run(cfg: DictConfig) -> RunPlan:
             raise UserInputError(
                 f"optimized_metric={name}: this run does not log it; available: {', '.join(available)}"
             )
-    if cfg.pruning.metric:
-        during = [n for n in available if n.startswith(("train/", "val/"))]
-        during += [n for n in eval_metric_names(cfg.eval, suite) if cfg.eval.metrics_every_n_steps]
-        if cfg.pruning.metric not in during:
+    during = [n for n in available if n.startswith(("train/", "val/"))]
+    during += [n for n in eval_metric_names(cfg.eval, suite) if cfg.eval.metrics_every_n_steps]
+    for key in ("metric", "early_metric"):
+        if cfg.pruning[key] and cfg.pruning[key] not in during:
             raise UserInputError(
-                f"pruning.metric={cfg.pruning.metric}: this run does not measure it during training; "
+                f"pruning.{key}={cfg.pruning[key]}: this run does not measure it during training; "
                 f"measured during training: {', '.join(during)}"
             )
+    if cfg.pruning.early_metric and cfg.pruning.early_until <= 0:
+        raise UserInputError(
+            f"pruning.early_metric={cfg.pruning.early_metric} needs pruning.early_until=<step> (the first step "
+            "that reports pruning.metric instead)"
+        )
     return RunPlan(
         run_dir=Path(cfg.paths.output_dir),
         instance_images=load_subject_images(subject),
@@ -438,13 +443,11 @@ def make_callbacks(cfg: DictConfig, plan: RunPlan, metric_models) -> list[L.Call
         callbacks.append(BestStepCallback(best, report_every(cfg, best[0])))  # after what measures them
     trial = pruning_trial()
     if trial is not None:
-        metric = pruning_metric(cfg)
-        every = report_every(cfg, metric)
-        if not every:
-            log.warning("the sweep prunes, but this run does not measure %s during training", metric)
+        signals = pruning_signals(cfg, trial.study.direction.name.lower())
+        if not signals:
+            log.warning("the sweep prunes, but this run does not measure %s during training", pruning_metric(cfg))
         else:  # after the evaluation and validation: it reports what they just measured
-            sign = report_sign(metric, trial.study.direction.name.lower())
-            callbacks.append(PruningCallback(trial, metric, every, sign))
+            callbacks.append(PruningCallback(trial, signals))
     return callbacks
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from dbexp.errors import UserInputError
-from dbexp.pruning import pruning_metric, report_every, report_sign
+from dbexp.pruning import Signal, pruning_metric, pruning_signals, report_every, report_sign
 from dbexp.run import plan_run
 
 
@@ -31,6 +31,35 @@ def test_a_pruning_metric_the_run_does_not_measure_during_training_is_one_line(m
         plan_run(make_cfg("pruning.metric=eval/dino"))  # evaluated after training only
 
 
+def test_an_early_signal_is_reported_before_its_step_and_the_pruning_metric_from_there(make_cfg):
+    """The toy preset's pair: the photos' validation loss (every 3 steps here, negated: a loss) before step 4,
+    the fast subset's eval/score (every 2 steps) from step 4 on — each step reports one signal."""
+    cfg = make_cfg(
+        "eval.val_every_n_steps=3",
+        "eval.metrics_every_n_steps=2",
+        "optimized_metric=eval/score",
+        "pruning.early_metric=val/loss_instance",
+        "pruning.early_until=4",
+    )
+    signals = pruning_signals(cfg, "maximize")
+    assert signals == [Signal("val/loss_instance", 3, -1.0, 4), Signal("eval/score", 2, 1.0, None)]
+    from dbexp.pruning import PruningCallback
+
+    callback = PruningCallback(None, signals)
+    reports = {step: s.metric for step in range(1, 9) if (s := callback.signal_at(step))}
+    assert reports == {3: "val/loss_instance", 4: "eval/score", 6: "eval/score", 8: "eval/score"}
+    assert pruning_signals(make_cfg("eval.metrics_every_n_steps=2", "optimized_metric=eval/score"), "maximize") == [
+        Signal("eval/score", 2, 1.0, None)
+    ]
+
+
+def test_an_early_pruning_metric_without_its_step_or_not_measured_is_one_line(make_cfg):
+    with pytest.raises(UserInputError, match=r"pruning.early_metric=val/loss_instance needs pruning.early_until"):
+        plan_run(make_cfg("eval.val_every_n_steps=2", "pruning.early_metric=val/loss_instance"))
+    with pytest.raises(UserInputError, match=r"pruning.early_metric=val/loss_prior: this run does not measure it"):
+        plan_run(make_cfg("pruning.early_metric=val/loss_prior", "pruning.early_until=4"))
+
+
 def test_a_trial_is_pruned_before_its_last_step_and_never_at_it():
     """A pruner that always says "prune": training stops at a report before the end; at the last step the
     value is reported but the finished trial keeps its final evaluation."""
@@ -52,7 +81,7 @@ def test_a_trial_is_pruned_before_its_last_step_and_never_at_it():
 
     for step, pruned in [(2, True), (4, False)]:
         trial = optuna.create_study(direction="maximize", pruner=Always()).ask()
-        callback, trainer = PruningCallback(trial, "val/loss_instance", 2, sign=-1.0), trainer_at(step)
+        callback, trainer = PruningCallback(trial, [Signal("val/loss_instance", 2, -1.0)]), trainer_at(step)
         trainer.should_stop = False
         callback.on_train_batch_end(trainer, None, None, None, 0)
         assert trial.storage.get_trial(trial._trial_id).intermediate_values == {step: -0.2}
