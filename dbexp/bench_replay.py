@@ -20,6 +20,17 @@ from dbexp.pruning import report_sign
 #: What a replay tries: the signals the toy preset measures in training (``val/*`` every 50 steps, the fast
 #: subset's ``eval/*`` every 100) and the pruners ``hydra/sweeper/pruner`` offers, over their warm-up settings.
 SIGNALS = ("eval/score", "eval/subject_fidelity", "val/loss", "val/loss_instance", "val/loss_prior")
+#: The early signal each ``eval/*`` one is also tried behind (``pruning.early_metric``): reported before the
+#: fast subset's first evaluation, which the replay finds in the record.
+EARLY = "val/loss_instance"
+
+
+def signals() -> Iterator[tuple[str, str | None, str]]:
+    """(label, early metric or None, metric) for every signal a replay tries."""
+    for metric in SIGNALS:
+        yield metric, None, metric
+    for metric in (m for m in SIGNALS if m.startswith("eval/")):
+        yield f"{EARLY} → {metric}", EARLY, metric
 
 
 def pruners(length: int) -> Iterator[tuple[str, Callable]]:
@@ -70,22 +81,27 @@ def trial_length(trials: list[dict]) -> int:
     return max(int(t["steps_run"] or max(map(int, t["in_training"]))) for t in trials)
 
 
-def replay(trials: list[dict], make_pruner: Callable, signal: str, study_direction: str = "maximize") -> dict:
-    """``make_pruner()`` replayed on ``trials`` with ``signal``: steps spent ÷ all, best kept ÷ best, finished."""
+def replay(
+    trials: list[dict], make_pruner: Callable, signal: str, study_direction: str = "maximize", early: str | None = None
+) -> dict:
+    """``make_pruner()`` replayed on ``trials`` with ``signal`` (and ``early`` before the first step any trial
+    measured ``signal`` at, as ``pruning.early_metric``): steps spent ÷ all, best kept ÷ best, finished."""
     import optuna
 
     length = trial_length(trials)
-    sign = report_sign(signal, study_direction)  # a loss is reported negated to a study that maximizes
+    measured = [int(s) for t in trials for s, values in t["in_training"].items() if signal in values and int(s) > 0]
+    until = min(measured, default=length) if early else 0
     study = optuna.create_study(direction=study_direction, pruner=make_pruner())
     spent, kept = 0, []
     for record in trials:
         trial = study.ask()
         stopped = None
         for step in sorted(int(s) for s in record["in_training"]):
-            value = record["in_training"][str(step)].get(signal)
+            name = early if early and step < until else signal
+            value = record["in_training"][str(step)].get(name)
             if value is None or not 0 < step < length:
                 continue
-            trial.report(sign * value, step)
+            trial.report(report_sign(name, study_direction) * value, step)  # a loss: negated to a study that maximizes
             if trial.should_prune():
                 stopped = step
                 break
@@ -113,19 +129,19 @@ def bench_replay(records: list[Path], goal_steps: float = 0.5, goal_gap: float =
     sweeps = [load_record(p) for p in records]
     rows = []
     length = max(trial_length(trials) for trials in sweeps)
-    for signal in SIGNALS:
+    for signal, early, metric in signals():
         for label, factory in pruners(length):
-            results = [replay(trials, factory, signal) for trials in sweeps]
+            results = [replay(trials, factory, metric, early=early) for trials in sweeps]
             meets = all(r["steps"] <= goal_steps and r["gap"] >= -goal_gap for r in results)
             rows.append({"signal": signal, "pruner": label, "meets": meets, "records": results})
     rows.sort(key=lambda r: (not r["meets"], max(x["steps"] for x in r["records"])))
     print(f"\ndbexp bench replay — {len(records)} recorded sweep(s): {', '.join(str(p) for p in records)}")
     print(f"goal: ≤ {goal_steps} of the steps with the best within {goal_gap:.0%} on every record (✓)")
-    print(f"  {'signal':<22} {'pruner':<34} " + "  ".join(f"{'steps':>5} {'best':>7} {'done':>4}" for _ in records))
+    print(f"  {'signal':<42} {'pruner':<34} " + "  ".join(f"{'steps':>5} {'best':>7} {'done':>4}" for _ in records))
     met = sum(r["meets"] for r in rows)
     for row in rows[: met + shown]:
         cells = "  ".join(f"{r['steps']:>5.3f} {r['gap']:>+7.1%} {r['finished']:>4}" for r in row["records"])
-        print(f"{'✓' if row['meets'] else ' '} {row['signal']:<22} {row['pruner']:<34} {cells}")
+        print(f"{'✓' if row['meets'] else ' '} {row['signal']:<42} {row['pruner']:<34} {cells}")
     print(
         f"{met} of {len(rows)} candidates meet the goal; {max(len(rows) - met - shown, 0)} more not shown (--json: all)"
     )

@@ -149,17 +149,22 @@ def test_replay_counts_what_a_pruner_would_have_spent_and_kept(tmp_path, capsys)
 
     from dbexp.bench_replay import replay
 
-    def trial(number, loss_at_50, value):
+    def trial(number, loss_at_50, score_at_100, value):
         losses = {"0": 0.5, "50": loss_at_50, "100": loss_at_50 - 0.01, "150": loss_at_50 - 0.02}
         in_training = {s: {"val/loss_instance": v} for s, v in losses.items()}
+        in_training["100"]["eval/score"] = score_at_100  # the fast subset, every 100 steps
         return {"number": number, "state": "COMPLETE", "value": value, "steps_run": 200, "in_training": in_training}
 
-    trials = [trial(0, 0.20, 1.0), trial(1, 0.22, 0.9), trial(2, 0.40, 0.8), trial(3, 0.19, 1.2)]
+    trials = [trial(0, 0.20, 1.0, 1.0), trial(1, 0.22, 0.9, 0.9), trial(2, 0.40, 0.8, 0.8), trial(3, 0.19, 0.5, 1.2)]
     halving = lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=50, reduction_factor=2)  # noqa: E731
     result = replay(trials, halving, "val/loss_instance")  # a loss: lower is better, in a study that maximizes
     # trial 0 is promoted (first at its rung); 1 is worse than 0 at step 50 (of 2: keep 1), 2 worse still; 3 the best
     assert result == {"steps": (200 + 50 + 50 + 200) / 800, "gap": 0.0, "finished": 2}
     assert replay(trials, lambda: optuna.pruners.NopPruner(), "val/loss_instance")["steps"] == 1.0
+    # the loss at step 50, then the score from its first step (100): trial 3 passes step 50 (0.19, best) and is
+    # stopped at step 100 (0.5 < 1.0 of trial 0, keep 1 of 2) — the sweep's best is lost
+    mixed = replay(trials, halving, "eval/score", early="val/loss_instance")
+    assert mixed == {"steps": (200 + 50 + 50 + 100) / 800, "gap": pytest.approx((1.0 - 1.2) / 1.2), "finished": 1}
 
     record = tmp_path / "sweep.json"
     record.write_text(json.dumps({"sweep": "none", "trials": trials}))
@@ -167,7 +172,7 @@ def test_replay_counts_what_a_pruner_would_have_spent_and_kept(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "val/loss_instance" in out and "candidates meet the goal" in out
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    assert {r["signal"] for r in rows} >= {"val/loss_instance", "eval/score"} and all(
+    assert {r["signal"] for r in rows} >= {"val/loss_instance", "eval/score", "val/loss_instance → eval/score"} and all(
         len(r["records"]) == 1 for r in rows
     )
 
