@@ -195,7 +195,8 @@ class PruningConfig:
     metric: str | None = None
     # A cheaper signal for the first steps: before step early_until the trial reports early_metric instead
     # (e.g. val/loss_instance — has it begun to learn the subject? — before the first sampled evaluation).
-    # Pruners compare trials at the same step, so each step's values stay one signal. null: metric throughout.
+    # Each step reports one signal; use successive halving or Hyperband (they compare values reported at one
+    # step; median and percentile pruners compare a trial's best value so far). null: metric throughout.
     early_metric: str | None = None
     early_until: int = 0
 
