@@ -61,7 +61,7 @@ test-engines: $(STAMP)  ## the scale-out engines for real on 127.0.0.1: PostgreS
 test-fast: $(STAMP)  ## the suite without slow-marked tests
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd and not engines"
 
-test-sd: $(STAMP)  ## not in CI: SD1.5 full + LoRA, SD2.1 LoRA, SDXL LoRA (random weights, 64 px) end to end; ~20 min, up to 16 GB and 35 GB of disk
+test-sd: $(STAMP)  ## not in CI: SD1.5 full + LoRA, SD2.1 LoRA, SDXL LoRA (random weights, 64 px) end to end; ~25 min, up to 16 GB and 35 GB of disk
 	$(PY) -m pytest -m sd tests/test_sd_architectures.py
 
 test-latest:  ## not in CI: the newest releases the ranges allow (torch stays the CPU wheel), then the fast suite
