@@ -3,7 +3,7 @@
 import pytest
 
 from dbexp.errors import UserInputError
-from dbexp.pruning import Signal, pruning_metric, pruning_signals, report_every, report_sign
+from dbexp.pruning import PruningCallback, Signal, pruning_metric, pruning_signals, report_every, report_sign
 from dbexp.run import plan_run
 
 
@@ -32,8 +32,9 @@ def test_a_pruning_metric_the_run_does_not_measure_during_training_is_one_line(m
 
 
 def test_an_early_signal_is_reported_before_its_step_and_the_pruning_metric_from_there(make_cfg):
-    """The toy preset's pair: the photos' validation loss (every 3 steps here, negated: a loss) before step 4,
-    the fast subset's eval/score (every 2 steps) from step 4 on — each step reports one signal."""
+    """The pair docs/measurements.md tried on the toy sweep: the photos' validation loss (every 3 steps here,
+    negated: a loss) before step 4, the fast subset's eval/score (every 2 steps) from step 4 on — each step
+    reports one signal."""
     cfg = make_cfg(
         "eval.val_every_n_steps=3",
         "eval.metrics_every_n_steps=2",
@@ -43,8 +44,6 @@ def test_an_early_signal_is_reported_before_its_step_and_the_pruning_metric_from
     )
     signals = pruning_signals(cfg, "maximize")
     assert signals == [Signal("val/loss_instance", 3, -1.0, 4), Signal("eval/score", 2, 1.0, None)]
-    from dbexp.pruning import PruningCallback
-
     callback = PruningCallback(None, signals)
     reports = {step: s.metric for step in range(1, 9) if (s := callback.signal_at(step))}
     assert reports == {3: "val/loss_instance", 4: "eval/score", 6: "eval/score", 8: "eval/score"}
@@ -66,8 +65,6 @@ def test_a_trial_is_pruned_before_its_last_step_and_never_at_it():
     from types import SimpleNamespace
 
     import optuna
-
-    from dbexp.pruning import PruningCallback
 
     class Always(optuna.pruners.BasePruner):
         def prune(self, study, trial):
