@@ -16,8 +16,10 @@ PORT        ?= 5000
 # make optuna-dashboard: a sweep's storage (default: the newest outputs/sweep_*.db) and the port
 STORAGE     ?= $(firstword $(shell ls -t outputs/sweep_*.db 2>/dev/null))
 OPTUNA_PORT ?= 8080
-# make test: pytest workers (pytest-xdist), a test file each at a time, one torch thread each (tests/conftest.py)
+# make test: pytest workers (pytest-xdist), one torch thread each; tests are handed out one at a time, longest
+# first, and the tests sharing a module-scoped fixture go to one worker together (tests/conftest.py)
 TEST_WORKERS ?= 2
+XDIST        = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: install lock train test test-engines test-fast test-sd test-latest lint dashboard optuna-dashboard clean distclean
 
@@ -53,13 +55,13 @@ train: $(STAMP)  ## the default run: offline, the toy model and a toy subject (~
 	$(PY) -m dbexp.train
 
 test: $(STAMP)  ## the whole suite (slow end-to-end tests included), on TEST_WORKERS workers
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not sd and not engines"
+	$(PY) -m pytest $(XDIST) -m "not sd and not engines"
 
 test-engines: $(STAMP)  ## the scale-out engines for real on 127.0.0.1: PostgreSQL, MLflow server, SLURM (apt + root for SLURM); CI runs it too
 	$(PY) -m pytest -m engines tests/engines
 
 test-fast: $(STAMP)  ## the suite without slow-marked tests
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd and not engines"
+	$(PY) -m pytest $(XDIST) -m "not slow and not sd and not engines"
 
 test-sd: $(STAMP)  ## not in CI: SD1.5 full + LoRA, SD2.1 LoRA, SDXL LoRA (random weights, 64 px) end to end; ~25 min, up to 16 GB and 35 GB of disk
 	$(PY) -m pytest -m sd tests/test_sd_architectures.py
@@ -72,7 +74,7 @@ test-latest:  ## not in CI: the newest releases the ranges allow (torch stays th
 	$(LATEST_VENV)/bin/python -m pip check
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "newest allowed versions: $(LATEST_VENV)/versions.txt (compare with $(LOCK))"
-	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not sd and not engines"
+	$(LATEST_VENV)/bin/python -m pytest $(XDIST) -m "not slow and not sd and not engines"
 
 lint: $(STAMP)
 	$(PY) -m ruff check dbexp hydra_plugins tests
