@@ -16,10 +16,11 @@ PORT        ?= 5000
 # make optuna-dashboard: a sweep's storage (default: the newest outputs/sweep_*.db) and the port
 STORAGE     ?= $(firstword $(shell ls -t outputs/sweep_*.db 2>/dev/null))
 OPTUNA_PORT ?= 8080
-# make test: pytest workers (pytest-xdist), one torch thread each; tests are handed out one at a time, longest
-# first, and the tests sharing a module-scoped fixture go to one worker together (tests/conftest.py)
+# make test: pytest workers (pytest-xdist), a test file each at a time, the longest files first (tests/conftest.py;
+# --no-loadscope-reorder keeps that order: xdist would otherwise start the files with the most tests first), one
+# torch thread each
 TEST_WORKERS ?= 2
-XDIST        = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+XDIST        = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install lock train test test-engines test-fast test-sd test-latest lint dashboard optuna-dashboard clean distclean
 

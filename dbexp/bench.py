@@ -19,7 +19,7 @@
   warm-up run has filled the caches a sweep's later trials find (model, class images, metric models).
 
 * ``train``: step time, peak memory and MFU per fine-tuning mode × memory preset, and dbexp's training
-  step ÷ a bare PyTorch + diffusers loop (goal ≤ 1.05): :mod:`dbexp.bench_train`.
+  step ÷ a bare PyTorch + diffusers loop run step by step in turn with it (goal ≤ 1.03): :mod:`dbexp.bench_train`.
 
 * ``disk``: what a sweep preset (``--preset``, default ``lr_prior_guidance``) leaves on disk, before and now,
   from the files one real-architecture trial leaves (goal ≤ 0.1): :mod:`dbexp.bench_disk`.

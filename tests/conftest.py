@@ -60,26 +60,22 @@ def pytest_configure(config) -> None:
     )
 
 
-#: The test files with the longest tests (minutes each on 2 cores), in this order before the others: `make test`
-#: hands tests out one at a time in collection order (--dist loadgroup --no-loadscope-reorder), so the long ones
-#: start first and short ones fill the workers at the end, instead of one worker finishing a long test alone.
-LONGEST_FIRST = ("test_toy_behaviour.py", "test_sweeper.py", "test_cli.py", "test_tracking.py", "test_bench.py")
+#: The longest test files (minutes each on 2 cores): started first, so the short files fill the other worker
+#: instead of one worker finishing a long file alone at the end (`make test` distributes whole files, in this
+#: order: --no-loadscope-reorder, or xdist starts the files with the most tests first).
+LONGEST_FIRST = (
+    "test_toy_behaviour.py",
+    "test_toy_sweep.py",
+    "test_sweeper.py",
+    "test_cli.py",
+    "test_tracking.py",
+    "test_bench.py",
+)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns xdist_group marks into work units
 def pytest_collection_modifyitems(config, items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: files keep their order
-    for item in items if config.pluginmanager.hasplugin("xdist") else ():
-        # A module-scoped fixture (a trained run, a sweep) is made once per worker: its tests go to one worker.
-        fixtures = getattr(item, "_fixtureinfo", None)
-        shared = [
-            name
-            for name, defs in (fixtures.name2fixturedefs.items() if fixtures else ())
-            if defs and defs[-1].scope in ("module", "class", "package")
-        ]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: files stay whole
 
 
 @pytest.fixture(scope="session")

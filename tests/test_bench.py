@@ -84,11 +84,11 @@ def test_bench_train_prints_step_time_memory_and_the_bare_loop_ratio(tmp_path, c
     assert [(r[1], r[2]) for r in rows] == [("default", "32-true"), ("16gb", "bf16-mixed")]
     assert all(r[-1] == "—" for r in rows)  # no MFU on a CPU
     assert "peak memory: peak RSS" in out
-    assert "dbexp step ÷ bare PyTorch + diffusers loop (lora, memory=default):" in out
+    assert "dbexp step ÷ bare PyTorch + diffusers loop (lora, memory=default), step by step in turn:" in out
     numbers = json.loads((tmp_path / "t.json").read_text())
     assert [r["memory"] for r in numbers["rows"]] == ["default", "16gb"]
     assert all(r["median_ms"] > 0 and r["peak_mib"] > 100 and r["tflop_per_step"] > 0 for r in numbers["rows"])
-    assert numbers["dbexp_vs_bare"]["lora"]["ratio"] > 0
+    assert numbers["dbexp_vs_bare"]["lora"]["ratio"] > 0 and len(numbers["dbexp_vs_bare"]["lora"]["round_ratios"]) == 1
 
 
 def test_train_step_flops_count_the_passes_that_train(tmp_path):
