@@ -32,6 +32,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dbexp.bench_harness import QUIET, compose_config, counted_flops, device_description
@@ -197,6 +198,7 @@ class BareLoop:
 
     def __init__(self, cfg, total_steps: int) -> None:
         from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import compute_snr
         from peft import LoraConfig
 
         from dbexp.model_loading import load_model
@@ -205,7 +207,6 @@ class BareLoop:
 
         if cfg.memory.optimizer_8bit or cfg.memory.gradient_checkpointing:
             raise ValueError("the bare loop is the reference for memory=default only")
-        self.cfg = cfg
         device = torch.device("cuda" if str(cfg.trainer.accelerator) in ("gpu", "cuda") else "cpu")
         plan = plan_run(cfg)
         parts = load_model(cfg.model, cfg.paths.cache_dir)
@@ -259,11 +260,10 @@ class BareLoop:
             device.type, dtype=torch.bfloat16, enabled=str(cfg.trainer.precision) == "bf16-mixed"
         )
         self.clip, self.gamma = cfg.trainer.get("gradient_clip_val"), cfg.finetune.min_snr_gamma
+        self.prior_weight, self.compute_snr = cfg.prior.weight, compute_snr
+        self.v_prediction = self.scheduler.config.prediction_type == "v_prediction"
 
     def step(self) -> float:
-        import torch.nn.functional as F
-        from diffusers.training_utils import compute_snr
-
         start = time.perf_counter()
         scheduler, batch = self.scheduler, self.batch
         latents = (self.mean + self.std * torch.randn_like(self.std)) * self.scaling
@@ -272,15 +272,14 @@ class BareLoop:
         with self.autocast:
             encoder_states = self.text_encoder(self.ids)[0] if self.text_trains else self.states
             prediction = self.unet(scheduler.add_noise(latents, noise, t), t, encoder_states).sample.float()
-        v_prediction = scheduler.config.prediction_type == "v_prediction"
-        target = scheduler.get_velocity(latents, noise, t) if v_prediction else noise
+        target = scheduler.get_velocity(latents, noise, t) if self.v_prediction else noise
         per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
         if self.gamma:
-            snr = compute_snr(scheduler, t)
-            per_sample = per_sample * torch.clamp(snr, max=self.gamma) / (snr + 1 if v_prediction else snr)
+            snr = self.compute_snr(scheduler, t)
+            per_sample = per_sample * torch.clamp(snr, max=self.gamma) / (snr + 1 if self.v_prediction else snr)
         loss = per_sample[:batch].mean()
         if self.two:
-            loss = loss + self.cfg.prior.weight * per_sample[batch:].mean()
+            loss = loss + self.prior_weight * per_sample[batch:].mean()
         loss.backward()
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
